@@ -1,0 +1,11 @@
+//! Authentication: reading the bearer token, verifying it, and the `ValidUser` extractor.
+
+pub mod bearer;
+pub mod claims;
+pub mod extractor;
+pub mod jwks;
+pub mod verify;
+
+pub use claims::{Claims, UserId};
+pub use extractor::ValidUser;
+pub use verify::{AuthError, Verifier};

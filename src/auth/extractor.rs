@@ -1,0 +1,136 @@
+//! The `ValidUser` extractor (and a claims-only variant) over any state that provides a
+//! [`Verifier`] and a [`UserStore`].
+
+use std::sync::Arc;
+
+use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::{AuthError, Claims, Verifier, bearer};
+use crate::error::ApiError;
+use crate::store::{UserRow, UserStore};
+
+/// A signed-in user: verified claims and their `users` row. Rejects with the contract's
+/// errors (401/403/400, 404 `profile_not_found`, 503 `unavailable`).
+#[derive(Debug, Clone)]
+pub struct ValidUser {
+    /// The verified token's claims.
+    pub claims: Claims,
+    /// The caller's profile row.
+    pub profile: UserRow,
+}
+
+/// Verifies the request's bearer token, caching the result in the request extensions so a
+/// handler asking twice (or for both extractors) verifies once.
+async fn verified_claims<S>(parts: &mut Parts, state: &S) -> Result<Claims, AuthError>
+where
+    Arc<Verifier>: FromRef<S>,
+    S: Send + Sync,
+{
+    if let Some(cached) = parts.extensions.get::<Result<Claims, AuthError>>() {
+        return cached.clone();
+    }
+    let result = match bearer::token(&parts.headers) {
+        Ok(token) => Arc::<Verifier>::from_ref(state).verify(token).await,
+        Err(e) => Err(e),
+    };
+    match &result {
+        Ok(claims) => {
+            tracing::Span::current().record("user.id", tracing::field::display(claims.sub));
+        }
+        Err(e) => {
+            tracing::debug!(target: "supabase_jwt_service::auth", reason = e.reason(), "token rejected");
+        }
+    }
+    parts.extensions.insert(result.clone());
+    result
+}
+
+impl<S> FromRequestParts<S> for Claims
+where
+    Arc<Verifier>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(verified_claims(parts, state).await?)
+    }
+}
+
+impl<S> OptionalFromRequestParts<S> for Claims
+where
+    Arc<Verifier>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    /// `None` only when no `Authorization` header is sent; a bad token is still rejected.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Ok(None);
+        }
+        Ok(Some(verified_claims(parts, state).await?))
+    }
+}
+
+impl<S> FromRequestParts<S> for ValidUser
+where
+    Arc<Verifier>: FromRef<S>,
+    Arc<dyn UserStore>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let claims = verified_claims(parts, state).await?;
+        let store = Arc::<dyn UserStore>::from_ref(state);
+        match store.profile(&claims).await {
+            Ok(Some(profile)) => Ok(ValidUser { claims, profile }),
+            Ok(None) => Err(ApiError::ProfileNotFound),
+            Err(e) => {
+                log_store_error(&e);
+                Err(e.into())
+            }
+        }
+    }
+}
+
+impl<S> OptionalFromRequestParts<S> for ValidUser
+where
+    Arc<Verifier>: FromRef<S>,
+    Arc<dyn UserStore>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    /// `None` only when no `Authorization` header is sent; a bad token is still rejected.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            return Ok(None);
+        }
+        <ValidUser as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
+    }
+}
+
+/// Logs a store failure at the level it deserves: an ended session is the client's business,
+/// an outage is the operator's.
+pub(crate) fn log_store_error(e: &crate::store::StoreError) {
+    match e {
+        crate::store::StoreError::SessionEnded => {
+            tracing::debug!(target: "supabase_jwt_service::auth", reason = "session_ended", "token rejected");
+        }
+        crate::store::StoreError::Unavailable(reason) => {
+            tracing::warn!(target: "supabase_jwt_service::store", %reason, "store unavailable");
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Token verification: the key and algorithm come from our configuration, never from the token.
+
+use std::sync::Arc;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::claims::{Claims, UserId};
+use super::jwks::KeySet;
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// Why a request was not authenticated. Internal: the response shows only the mapped
+/// [`ApiError`]; the reason goes to logs and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header, or another scheme.
+    #[error("no bearer token")]
+    Missing,
+    /// More than one `Authorization` header.
+    #[error("more than one Authorization header")]
+    DuplicateHeader,
+    /// Not a well-formed JWT (shape, base64, JSON, claim types, bounds).
+    #[error("malformed token")]
+    Malformed,
+    /// The signature does not verify with the chosen key.
+    #[error("bad signature")]
+    BadSignature,
+    /// The token's `alg` is not one we accept for the key it names (or at all).
+    #[error("algorithm not allowed")]
+    AlgorithmNotAllowed,
+    /// The `kid` is not in a freshly fetched key set.
+    #[error("unknown key id")]
+    UnknownKid,
+    /// The `kid` is unknown and the key set cannot be fetched right now.
+    #[error("key set unavailable")]
+    KeySetUnavailable,
+    /// `exp` is in the past (beyond leeway).
+    #[error("expired")]
+    Expired,
+    /// `nbf` is in the future (beyond leeway).
+    #[error("not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future (beyond leeway).
+    #[error("issued in the future")]
+    IssuedInFuture,
+    /// `aud` does not contain the configured audience.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// `iss` is not the expected issuer.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `sub` missing or not a UUID.
+    #[error("bad subject")]
+    BadSubject,
+    /// Signed by the project, but not a user's token (`role` is not `authenticated`).
+    #[error("not a user token")]
+    NotUserToken,
+    /// `SESSION_CHECK=on` and the token's session was logged out or has expired.
+    #[error("session ended")]
+    SessionEnded,
+}
+
+impl AuthError {
+    /// A stable label for metrics and logs.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::DuplicateHeader => "duplicate_header",
+            Self::Malformed => "malformed",
+            Self::BadSignature => "bad_signature",
+            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::UnknownKid => "unknown_kid",
+            Self::KeySetUnavailable => "key_set_unavailable",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::WrongAudience => "wrong_audience",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::BadSubject => "bad_subject",
+            Self::NotUserToken => "not_user_token",
+            Self::SessionEnded => "session_ended",
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => ApiError::MissingToken,
+            AuthError::DuplicateHeader => ApiError::InvalidRequest,
+            AuthError::KeySetUnavailable => ApiError::Unavailable,
+            AuthError::NotUserToken => ApiError::InsufficientScope,
+            _ => ApiError::InvalidToken,
+        }
+    }
+}
+
+/// Verifies access tokens: HS256 with the project's secret, and ES256/RS256/EdDSA with the
+/// key set's key of the token's `kid`.
+pub struct Verifier {
+    hs256: Option<DecodingKey>,
+    key_set: Option<Arc<KeySet>>,
+    audience: String,
+    issuer: Option<String>,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("hs256", &self.hs256.as_ref().map(|_| "[redacted]"))
+            .field("key_set", &self.key_set.is_some())
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .finish()
+    }
+}
+
+impl Verifier {
+    /// Builds the verifier for `config`, with the key set (if any) the caller created.
+    pub fn new(config: &Config, key_set: Option<Arc<KeySet>>) -> Self {
+        Self {
+            hs256: config
+                .jwt_secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+            key_set,
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            leeway: config.leeway.as_secs(),
+        }
+    }
+
+    /// The key set, when `SUPABASE_URL` is configured.
+    pub fn key_set(&self) -> Option<&Arc<KeySet>> {
+        self.key_set.as_ref()
+    }
+
+    /// Verifies `token` and returns its claims when it is a valid user access token.
+    pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        // The header only says which of *our* keys to try; each key verifies one algorithm.
+        let owned_key;
+        let (key, alg) = match header.alg {
+            // Supabase puts a `kid` on legacy HS256 tokens too; it names nothing we use.
+            Algorithm::HS256 => (
+                self.hs256.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?,
+                Algorithm::HS256,
+            ),
+            Algorithm::ES256 | Algorithm::RS256 | Algorithm::EdDSA => {
+                let key_set = self
+                    .key_set
+                    .as_ref()
+                    .ok_or(AuthError::AlgorithmNotAllowed)?;
+                let kid = header.kid.as_deref().ok_or(AuthError::UnknownKid)?;
+                owned_key = key_set.key(kid).await?;
+                if owned_key.alg != header.alg {
+                    return Err(AuthError::AlgorithmNotAllowed);
+                }
+                (&owned_key.key, owned_key.alg)
+            }
+            _ => return Err(AuthError::AlgorithmNotAllowed),
+        };
+        self.check(token, key, alg)
+    }
+
+    fn check(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Claims, AuthError> {
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        // aud and iss are checked below, after `role`, so that a project key (anon,
+        // service_role: no `aud`) is reported as "not a user token", not as a bad audience.
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidEddsaKey
+                | ErrorKind::InvalidRsaKey(_) => AuthError::AlgorithmNotAllowed,
+                _ => AuthError::Malformed,
+            },
+        )?;
+        let claims = data.claims;
+        let now = jsonwebtoken::get_current_timestamp();
+
+        match claims.get("iat") {
+            None => {}
+            Some(v) => match v.as_f64() {
+                Some(iat) if iat > (now + self.leeway) as f64 => {
+                    return Err(AuthError::IssuedInFuture);
+                }
+                Some(_) => {}
+                None => return Err(AuthError::Malformed),
+            },
+        }
+        if claims.get("role").and_then(Value::as_str) != Some("authenticated") {
+            return Err(AuthError::NotUserToken);
+        }
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == self.audience,
+            Some(Value::Array(items)) => items
+                .iter()
+                .any(|a| a.as_str() == Some(self.audience.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(AuthError::WrongAudience);
+        }
+        if let Some(expected) = &self.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(expected.as_str())
+        {
+            return Err(AuthError::WrongIssuer);
+        }
+        let sub = claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .and_then(UserId::parse)
+            .ok_or(AuthError::BadSubject)?;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_f64)
+            .map(|e| e as u64)
+            .unwrap_or_default();
+        Ok(Claims::from_payload(sub, exp, claims))
+    }
+}

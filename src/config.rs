@@ -1,0 +1,711 @@
+//! Configuration: raw strings from the environment (via clap) parsed once into typed values.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use clap::Args;
+use reqwest::Url;
+
+/// The Supabase CLI local stack's published JWT secret, used only when no key is configured
+/// on the embedded store (dev mode). It is public knowledge and protects nothing.
+pub const LOCAL_STACK_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
+/// The Supabase CLI local stack's API URL, used only in dev mode when no key is configured.
+pub const LOCAL_STACK_URL: &str = "http://127.0.0.1:54321";
+/// Where the embedded store lives when `DATABASE_URL` is unset.
+pub const DEFAULT_SQLITE_URL: &str = "sqlite://./data/dev.db";
+
+/// A configuration problem: which variable, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable (or flag) at fault.
+    pub var: &'static str,
+    /// What is wrong with it, without echoing secret values.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `var`.
+    pub fn new(var: &'static str, problem: impl Into<String>) -> Self {
+        Self {
+            var,
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A secret string whose `Debug` and `Display` never show its value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A database URL; it may carry a password, so it prints masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(Secret);
+
+impl DatabaseUrl {
+    /// Parses and classifies a database URL.
+    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
+        let lower = raw.to_ascii_lowercase();
+        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+            Url::parse(raw).map_err(|e| ConfigError::new(var, format!("not a valid URL ({e})")))?;
+        } else if !lower.starts_with("sqlite:") {
+            return Err(ConfigError::new(
+                var,
+                "must start with postgres://, postgresql:// or sqlite://",
+            ));
+        }
+        Ok(Self(Secret::new(raw)))
+    }
+
+    /// The full URL, password included: for connecting only.
+    pub fn expose(&self) -> &str {
+        self.0.expose()
+    }
+
+    /// Whether this names a Postgres server (otherwise the embedded SQLite store).
+    pub fn is_postgres(&self) -> bool {
+        self.expose().to_ascii_lowercase().starts_with("postgres")
+    }
+
+    /// The URL with its password replaced by `***`, safe for logs.
+    pub fn masked(&self) -> String {
+        match Url::parse(self.expose()) {
+            Ok(mut url) if url.password().is_some() => {
+                // set_password only fails for URLs that cannot carry one, which ours can.
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            Ok(url) => url.to_string(),
+            Err(_) => "[unparseable url]".to_owned(),
+        }
+    }
+
+    /// True when the URL points at a transaction-mode pooler: Supabase's port 6543, or
+    /// `pgbouncer=true` in the query string (the convention Prisma and Supabase docs use).
+    pub fn looks_like_transaction_pooler(&self) -> bool {
+        let Ok(url) = Url::parse(self.expose()) else {
+            return false;
+        };
+        url.port() == Some(6543)
+            || url
+                .query_pairs()
+                .any(|(k, v)| k == "pgbouncer" && v.eq_ignore_ascii_case("true"))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Raw configuration as collected by clap from flags and environment. Every field is an
+/// optional string so that all typed parsing, and its one-line errors, happen in [`Config::from_raw`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct RawConfig {
+    /// Address to listen on [default: 0.0.0.0, or 127.0.0.1 on the embedded store]
+    #[arg(long, env = "HOST", global = true, hide_env_values = true)]
+    pub host: Option<String>,
+    /// Port to listen on [default: 8080]
+    #[arg(long, env = "PORT", global = true, hide_env_values = true)]
+    pub port: Option<String>,
+    /// postgres://… (production) or sqlite://… [default: sqlite://./data/dev.db]
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Direct (non-pooled) connection used by `migrate` [default: DATABASE_URL]
+    #[arg(
+        long,
+        env = "DIRECT_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
+    pub direct_database_url: Option<String>,
+    /// The project's legacy HS256 JWT secret
+    #[arg(
+        long,
+        env = "SUPABASE_JWT_SECRET",
+        global = true,
+        hide_env_values = true
+    )]
+    pub supabase_jwt_secret: Option<String>,
+    /// Project URL, e.g. https://abcd.supabase.co: sets issuer and key set URL
+    #[arg(long, env = "SUPABASE_URL", global = true, hide_env_values = true)]
+    pub supabase_url: Option<String>,
+    /// Required `aud` claim [default: authenticated]
+    #[arg(long, env = "JWT_AUDIENCE", global = true, hide_env_values = true)]
+    pub jwt_audience: Option<String>,
+    /// Expected `iss` claim [default: <SUPABASE_URL>/auth/v1]
+    #[arg(long, env = "JWT_ISSUER", global = true, hide_env_values = true)]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on exp/nbf/iat, in seconds [default: 30]
+    #[arg(
+        long,
+        env = "JWT_LEEWAY_SECONDS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub jwt_leeway_seconds: Option<String>,
+    /// Comma-separated browser origins allowed to call the API [default: none]
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub cors_allowed_origins: Option<String>,
+    /// Prometheus listener address, or `off` [default: 127.0.0.1:9091]
+    #[arg(long, env = "METRICS_ADDR", global = true, hide_env_values = true)]
+    pub metrics_addr: Option<String>,
+    /// `pretty` or `json` [default: pretty on a terminal, json otherwise]
+    #[arg(long, env = "LOG_FORMAT", global = true, hide_env_values = true)]
+    pub log_format: Option<String>,
+    /// Row-level security per request on Postgres: on|off [default: on]
+    #[arg(long, env = "DB_RLS", global = true, hide_env_values = true)]
+    pub db_rls: Option<String>,
+    /// Named prepared statements: auto|on|off [default: auto]
+    #[arg(
+        long,
+        env = "DB_PREPARED_STATEMENTS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub db_prepared_statements: Option<String>,
+    /// Reject tokens whose session was logged out: on|off [default: off]
+    #[arg(long, env = "SESSION_CHECK", global = true, hide_env_values = true)]
+    pub session_check: Option<String>,
+    /// Upper bound on one database call, pool wait included, in seconds [default: 3]
+    #[arg(
+        long,
+        env = "DB_TIMEOUT_SECONDS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub db_timeout_seconds: Option<String>,
+    /// Maximum database connections [default: 10]
+    #[arg(
+        long,
+        env = "DB_MAX_CONNECTIONS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub db_max_connections: Option<String>,
+    /// Upper bound on one request, in seconds [default: 10]
+    #[arg(
+        long,
+        env = "REQUEST_TIMEOUT_SECONDS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub request_timeout_seconds: Option<String>,
+    /// How long shutdown waits for in-flight requests, in seconds [default: 10]
+    #[arg(
+        long,
+        env = "SHUTDOWN_TIMEOUT_SECONDS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub shutdown_timeout_seconds: Option<String>,
+}
+
+/// Typed, validated configuration. All fields are public so tests and embedding binaries can
+/// build one directly (see [`Config::for_tests`]) without touching the process environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public HTTP listener.
+    pub listen: SocketAddr,
+    /// The store to use.
+    pub database_url: DatabaseUrl,
+    /// Connection used by `migrate`.
+    pub direct_database_url: DatabaseUrl,
+    /// True when `DATABASE_URL` was unset: embedded store, loopback bind, local-stack defaults.
+    pub dev_mode: bool,
+    /// True when the local stack's key defaults are in use (neither key setting given).
+    pub using_local_stack_defaults: bool,
+    /// Legacy HS256 secret.
+    pub jwt_secret: Option<Secret>,
+    /// The project's key set URL, derived from `SUPABASE_URL`.
+    pub jwks_url: Option<Url>,
+    /// Required audience.
+    pub audience: String,
+    /// Expected issuer, when one is known.
+    pub issuer: Option<String>,
+    /// Clock skew allowed on time claims.
+    pub leeway: Duration,
+    /// Allowed CORS origins (`*` allows any).
+    pub cors_origins: Vec<HeaderValue>,
+    /// Prometheus listener; `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Run user queries as `authenticated` with the verified claims (Postgres only).
+    pub db_rls: bool,
+    /// Use named prepared statements (off behind a transaction-mode pooler).
+    pub prepared_statements: bool,
+    /// Check `auth.sessions` for the token's `session_id`.
+    pub session_check: bool,
+    /// Bound on one store call, pool wait included.
+    pub db_timeout: Duration,
+    /// Pool size.
+    pub db_max_connections: u32,
+    /// Bound on one request.
+    pub request_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_timeout: Duration,
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn parse_switch(var: &'static str, raw: Option<&str>, default: bool) -> Result<bool, ConfigError> {
+    match raw.map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("on" | "true" | "1" | "yes") => Ok(true),
+        Some("off" | "false" | "0" | "no") => Ok(false),
+        Some(_) => Err(ConfigError::new(var, "must be on or off")),
+    }
+}
+
+fn parse_seconds(
+    var: &'static str,
+    raw: Option<&str>,
+    default: f64,
+    max: f64,
+) -> Result<Duration, ConfigError> {
+    let value = match raw {
+        None => default,
+        Some(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v > 0.0 && *v <= max)
+            .ok_or_else(|| {
+                ConfigError::new(
+                    var,
+                    format!("must be a number of seconds above 0 and at most {max}"),
+                )
+            })?,
+    };
+    Ok(Duration::from_secs_f64(value))
+}
+
+impl Config {
+    /// Parses and cross-checks raw settings. `is_terminal` picks the default log format.
+    pub fn from_raw(raw: &RawConfig, is_terminal: bool) -> Result<Self, ConfigError> {
+        let database_url = match non_empty(&raw.database_url) {
+            Some(s) => DatabaseUrl::parse("DATABASE_URL", s)?,
+            None => DatabaseUrl::parse("DATABASE_URL", DEFAULT_SQLITE_URL)?,
+        };
+        let dev_mode = non_empty(&raw.database_url).is_none();
+        let direct_database_url = match non_empty(&raw.direct_database_url) {
+            Some(s) => DatabaseUrl::parse("DIRECT_DATABASE_URL", s)?,
+            None => database_url.clone(),
+        };
+
+        let host: IpAddr = match non_empty(&raw.host) {
+            Some(s) => s
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse()
+                .map_err(|_| {
+                    ConfigError::new("HOST", "must be an IP address such as 0.0.0.0 or ::")
+                })?,
+            None if dev_mode => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        };
+        let port: u16 = match non_empty(&raw.port) {
+            Some(s) => s
+                .parse()
+                .map_err(|_| ConfigError::new("PORT", "must be a port number from 0 to 65535"))?,
+            None => 8080,
+        };
+
+        let mut jwt_secret = non_empty(&raw.supabase_jwt_secret).map(Secret::new);
+        if let Some(secret) = &jwt_secret
+            && secret.expose().len() < 32
+        {
+            return Err(ConfigError::new(
+                "SUPABASE_JWT_SECRET",
+                "is shorter than 32 bytes; use the project's JWT secret from the dashboard",
+            ));
+        }
+        let mut supabase_url = match non_empty(&raw.supabase_url) {
+            Some(s) => Some(parse_supabase_url(s)?),
+            None => None,
+        };
+        let mut using_local_stack_defaults = false;
+        if jwt_secret.is_none() && supabase_url.is_none() {
+            if database_url.is_postgres() {
+                return Err(ConfigError::new(
+                    "SUPABASE_JWT_SECRET",
+                    "with a Postgres DATABASE_URL set SUPABASE_JWT_SECRET or SUPABASE_URL (or both)",
+                ));
+            }
+            jwt_secret = Some(Secret::new(LOCAL_STACK_JWT_SECRET));
+            supabase_url = Some(parse_supabase_url(LOCAL_STACK_URL)?);
+            using_local_stack_defaults = true;
+        }
+
+        let jwks_url = match &supabase_url {
+            Some(base) => Some(join_auth_path(base, "auth/v1/.well-known/jwks.json")?),
+            None => None,
+        };
+        let issuer = match non_empty(&raw.jwt_issuer) {
+            Some(s) => Some(s.to_owned()),
+            None => supabase_url
+                .as_ref()
+                .map(|base| format!("{}/auth/v1", base.as_str().trim_end_matches('/'))),
+        };
+        let audience = non_empty(&raw.jwt_audience)
+            .unwrap_or("authenticated")
+            .to_owned();
+        let leeway = match non_empty(&raw.jwt_leeway_seconds) {
+            None => Duration::from_secs(30),
+            Some(s) => s
+                .parse::<u64>()
+                .ok()
+                .filter(|v| *v <= 600)
+                .map(Duration::from_secs)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "JWT_LEEWAY_SECONDS",
+                        "must be a whole number of seconds from 0 to 600",
+                    )
+                })?,
+        };
+
+        let cors_origins = match non_empty(&raw.cors_allowed_origins) {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(parse_origin)
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+
+        let metrics_addr = match non_empty(&raw.metrics_addr) {
+            None => Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 9091))),
+            Some(s) if s.eq_ignore_ascii_case("off") => None,
+            Some(s) => Some(s.parse().map_err(|_| {
+                ConfigError::new(
+                    "METRICS_ADDR",
+                    "must be host:port such as 127.0.0.1:9091, or off",
+                )
+            })?),
+        };
+
+        let log_format = match non_empty(&raw.log_format)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None if is_terminal => LogFormat::Pretty,
+            None => LogFormat::Json,
+            Some("pretty" | "text") => LogFormat::Pretty,
+            Some("json") => LogFormat::Json,
+            Some(_) => return Err(ConfigError::new("LOG_FORMAT", "must be pretty or json")),
+        };
+
+        let db_rls = parse_switch("DB_RLS", non_empty(&raw.db_rls), true)?;
+        let session_check = parse_switch("SESSION_CHECK", non_empty(&raw.session_check), false)?;
+        let prepared_statements = match non_empty(&raw.db_prepared_statements)
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("auto") => !database_url.looks_like_transaction_pooler(),
+            Some(other) => {
+                parse_switch("DB_PREPARED_STATEMENTS", Some(other), true).map_err(|_| {
+                    ConfigError::new("DB_PREPARED_STATEMENTS", "must be auto, on or off")
+                })?
+            }
+        };
+
+        let db_timeout = parse_seconds(
+            "DB_TIMEOUT_SECONDS",
+            non_empty(&raw.db_timeout_seconds),
+            3.0,
+            60.0,
+        )?;
+        let db_max_connections = match non_empty(&raw.db_max_connections) {
+            None => 10,
+            Some(s) => s
+                .parse::<u32>()
+                .ok()
+                .filter(|v| (1..=1000).contains(v))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "DB_MAX_CONNECTIONS",
+                        "must be a whole number from 1 to 1000",
+                    )
+                })?,
+        };
+        let request_timeout = parse_seconds(
+            "REQUEST_TIMEOUT_SECONDS",
+            non_empty(&raw.request_timeout_seconds),
+            10.0,
+            600.0,
+        )?;
+        let shutdown_timeout = parse_seconds(
+            "SHUTDOWN_TIMEOUT_SECONDS",
+            non_empty(&raw.shutdown_timeout_seconds),
+            10.0,
+            600.0,
+        )?;
+
+        Ok(Self {
+            listen: SocketAddr::new(host, port),
+            database_url,
+            direct_database_url,
+            dev_mode,
+            using_local_stack_defaults,
+            jwt_secret,
+            jwks_url,
+            audience,
+            issuer,
+            leeway,
+            cors_origins,
+            metrics_addr,
+            log_format,
+            db_rls,
+            prepared_statements,
+            session_check,
+            db_timeout,
+            db_max_connections,
+            request_timeout,
+            shutdown_timeout,
+        })
+    }
+
+    /// A configuration for tests and embedding: HS256 with `secret`, the given store, loopback
+    /// port 0, no metrics listener, issuer unchecked.
+    pub fn for_tests(database_url: &str, secret: &str) -> Result<Self, ConfigError> {
+        let raw = RawConfig {
+            host: Some("127.0.0.1".into()),
+            port: Some("0".into()),
+            database_url: Some(database_url.into()),
+            supabase_jwt_secret: Some(secret.into()),
+            metrics_addr: Some("off".into()),
+            log_format: Some("json".into()),
+            ..RawConfig::default()
+        };
+        Self::from_raw(&raw, false)
+    }
+}
+
+fn parse_supabase_url(raw: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|_| {
+        ConfigError::new(
+            "SUPABASE_URL",
+            "must be a URL such as https://abcd.supabase.co",
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::new(
+            "SUPABASE_URL",
+            "must be an http:// or https:// URL with a host",
+        ));
+    }
+    Ok(url)
+}
+
+fn join_auth_path(base: &Url, path: &str) -> Result<Url, ConfigError> {
+    let with_slash = format!("{}/", base.as_str().trim_end_matches('/'));
+    Url::parse(&with_slash)
+        .and_then(|b| b.join(path))
+        .map_err(|_| ConfigError::new("SUPABASE_URL", "cannot derive the key set URL from it"))
+}
+
+fn parse_origin(raw: &str) -> Result<HeaderValue, ConfigError> {
+    if raw == "*" {
+        return Ok(HeaderValue::from_static("*"));
+    }
+    let url = Url::parse(raw).map_err(|_| {
+        ConfigError::new(
+            "CORS_ALLOWED_ORIGINS",
+            format!("`{raw}` is not an origin such as https://app.example.com"),
+        )
+    })?;
+    let has_path = !(url.path() == "/" || url.path().is_empty());
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || has_path
+        || url.query().is_some()
+    {
+        return Err(ConfigError::new(
+            "CORS_ALLOWED_ORIGINS",
+            format!("`{raw}` is not an origin (scheme://host[:port], no path)"),
+        ));
+    }
+    // Browsers send the origin without a trailing slash; compare in that exact form.
+    HeaderValue::from_str(raw.trim_end_matches('/')).map_err(|_| {
+        ConfigError::new(
+            "CORS_ALLOWED_ORIGINS",
+            format!("`{raw}` is not a valid header value"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_pg() -> RawConfig {
+        RawConfig {
+            database_url: Some("postgres://app:hunter2@db.example.com:5432/postgres".into()),
+            supabase_jwt_secret: Some("x".repeat(40)),
+            ..RawConfig::default()
+        }
+    }
+
+    #[test]
+    fn secret_never_prints_its_value() {
+        let s = Secret::new("very-secret-value");
+        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
+    }
+
+    #[test]
+    fn database_url_masks_password() {
+        let url = DatabaseUrl::parse("DATABASE_URL", "postgres://app:hunter2@db:5432/x").unwrap();
+        assert!(!url.masked().contains("hunter2"));
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(url.masked().contains("***"));
+    }
+
+    #[test]
+    fn unset_database_url_is_dev_mode_on_loopback_with_local_stack_keys() {
+        let c = Config::from_raw(&RawConfig::default(), false).unwrap();
+        assert!(c.dev_mode && c.using_local_stack_defaults);
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.issuer.as_deref(), Some("http://127.0.0.1:54321/auth/v1"));
+        assert_eq!(
+            c.jwks_url.unwrap().as_str(),
+            "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json"
+        );
+    }
+
+    #[test]
+    fn postgres_without_any_key_is_an_error_naming_the_variable() {
+        let mut raw = raw_pg();
+        raw.supabase_jwt_secret = None;
+        let err = Config::from_raw(&raw, false).unwrap_err();
+        assert_eq!(err.var, "SUPABASE_JWT_SECRET");
+    }
+
+    #[test]
+    fn postgres_binds_all_interfaces_by_default() {
+        let c = Config::from_raw(&raw_pg(), false).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert!(!c.dev_mode);
+        assert_eq!(c.issuer, None);
+    }
+
+    #[test]
+    fn pooler_port_turns_prepared_statements_off() {
+        let mut raw = raw_pg();
+        raw.database_url = Some("postgres://u:p@aws-0.pooler.supabase.com:6543/postgres".into());
+        assert!(!Config::from_raw(&raw, false).unwrap().prepared_statements);
+        raw.database_url = Some("postgres://u:p@h:5432/db?pgbouncer=true".into());
+        assert!(!Config::from_raw(&raw, false).unwrap().prepared_statements);
+        raw.database_url = Some("postgres://u:p@h:5432/db".into());
+        assert!(Config::from_raw(&raw, false).unwrap().prepared_statements);
+        raw.db_prepared_statements = Some("off".into());
+        assert!(!Config::from_raw(&raw, false).unwrap().prepared_statements);
+    }
+
+    #[test]
+    fn issuer_derives_from_supabase_url_and_can_be_overridden() {
+        let mut raw = raw_pg();
+        raw.supabase_url = Some("https://abcd.supabase.co/".into());
+        let c = Config::from_raw(&raw, false).unwrap();
+        assert_eq!(
+            c.issuer.as_deref(),
+            Some("https://abcd.supabase.co/auth/v1")
+        );
+        raw.jwt_issuer = Some("https://other.example/auth/v1".into());
+        let c = Config::from_raw(&raw, false).unwrap();
+        assert_eq!(c.issuer.as_deref(), Some("https://other.example/auth/v1"));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases: Vec<(fn(&mut RawConfig), &str)> = vec![
+            (|r| r.port = Some("eighty".into()), "PORT"),
+            (|r| r.host = Some("not-an-ip".into()), "HOST"),
+            (
+                |r| r.database_url = Some("mysql://x".into()),
+                "DATABASE_URL",
+            ),
+            (|r| r.supabase_url = Some("abcd".into()), "SUPABASE_URL"),
+            (
+                |r| r.jwt_leeway_seconds = Some("-1".into()),
+                "JWT_LEEWAY_SECONDS",
+            ),
+            (
+                |r| r.cors_allowed_origins = Some("localhost:3000".into()),
+                "CORS_ALLOWED_ORIGINS",
+            ),
+            (|r| r.metrics_addr = Some("9091".into()), "METRICS_ADDR"),
+            (|r| r.db_rls = Some("maybe".into()), "DB_RLS"),
+            (
+                |r| r.supabase_jwt_secret = Some("short".into()),
+                "SUPABASE_JWT_SECRET",
+            ),
+        ];
+        for (mutate, var) in cases {
+            let mut raw = raw_pg();
+            mutate(&mut raw);
+            assert_eq!(Config::from_raw(&raw, false).unwrap_err().var, var);
+        }
+    }
+
+    #[test]
+    fn short_secret_error_does_not_echo_it() {
+        let mut raw = raw_pg();
+        raw.supabase_jwt_secret = Some("tiny-secret".into());
+        let err = Config::from_raw(&raw, false).unwrap_err();
+        assert!(!err.to_string().contains("tiny-secret"));
+    }
+
+    #[test]
+    fn cors_origins_are_normalised() {
+        let mut raw = raw_pg();
+        raw.cors_allowed_origins = Some("http://localhost:3000/, https://app.example.com".into());
+        let c = Config::from_raw(&raw, false).unwrap();
+        assert_eq!(
+            c.cors_origins,
+            vec!["http://localhost:3000", "https://app.example.com"]
+        );
+    }
+}

@@ -1,0 +1,169 @@
+//! `ApiError`: one variant per row of the contract's error table, and its JSON response.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// Seconds a client should wait before retrying a 503.
+pub const RETRY_AFTER_SECONDS: u32 = 2;
+
+/// Every error the HTTP API can answer, as the contract's error table lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiError {
+    /// No `Authorization` header, or not the Bearer scheme.
+    MissingToken,
+    /// The token failed verification (malformed, signature, claims, unknown key).
+    InvalidToken,
+    /// A valid token that is not a user's access token (anon or service_role key).
+    InsufficientScope,
+    /// The request itself is ambiguous, e.g. two `Authorization` headers.
+    InvalidRequest,
+    /// Verified user, but no `users` row.
+    ProfileNotFound,
+    /// A dependency (store or key set) is unavailable; try again shortly.
+    Unavailable,
+    /// No such route.
+    NotFound,
+    /// The route exists, the method does not.
+    MethodNotAllowed,
+    /// The body is not JSON of the expected shape, or breaks a field rule.
+    InvalidBody,
+    /// The body is not `application/json`.
+    UnsupportedMediaType,
+    /// The body is over the size limit.
+    PayloadTooLarge,
+    /// A bug: the handler panicked. Never expected; logged at error level.
+    Internal,
+}
+
+#[derive(Serialize)]
+struct Body {
+    error: &'static str,
+    message: &'static str,
+}
+
+impl ApiError {
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MissingToken | Self::InvalidToken => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope => StatusCode::FORBIDDEN,
+            Self::InvalidRequest => StatusCode::BAD_REQUEST,
+            Self::ProfileNotFound | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidBody => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable `error` code clients branch on.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::InvalidRequest => "invalid_request",
+            Self::ProfileNotFound => "profile_not_found",
+            Self::Unavailable => "unavailable",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InvalidBody => "invalid_body",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// A human-readable sentence. Deliberately fixed per code: internal reasons go to logs only.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::MissingToken => "send the user's access token as `Authorization: Bearer <token>`",
+            Self::InvalidToken => "the access token is invalid or expired; sign in again",
+            Self::InsufficientScope => "this token is not a signed-in user's access token",
+            Self::InvalidRequest => "send exactly one Authorization header",
+            Self::ProfileNotFound => "no profile exists for this user",
+            Self::Unavailable => "the service is temporarily unavailable; retry shortly",
+            Self::NotFound => "no such route",
+            Self::MethodNotAllowed => "method not allowed on this route",
+            Self::InvalidBody => {
+                "expected a JSON object {\"full_name\": string or null}, at most 200 characters, no control characters"
+            }
+            Self::UnsupportedMediaType => "send the body as Content-Type: application/json",
+            Self::PayloadTooLarge => "the request body is larger than 16 KiB",
+            Self::Internal => "internal error",
+        }
+    }
+
+    /// The RFC 6750 `WWW-Authenticate` challenge, for the auth rows.
+    fn challenge(self) -> Option<&'static str> {
+        match self {
+            Self::MissingToken => Some("Bearer"),
+            Self::InvalidToken => Some("Bearer error=\"invalid_token\""),
+            Self::InsufficientScope => Some("Bearer error=\"insufficient_scope\""),
+            Self::InvalidRequest => Some("Bearer error=\"invalid_request\""),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: self.code(),
+            message: self.message(),
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        let headers = response.headers_mut();
+        if let Some(challenge) = self.challenge() {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+        if self == Self::Unavailable {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let r = ApiError::Unavailable.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn invalid_token_carries_rfc6750_challenge() {
+        let r = ApiError::InvalidToken.into_response();
+        assert_eq!(
+            r.headers()[header::WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
+    }
+
+    #[test]
+    fn missing_token_challenge_has_no_error_code() {
+        let r = ApiError::MissingToken.into_response();
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

@@ -1,0 +1,275 @@
+//! `supabase-jwt-service`: verifies Supabase Auth access tokens and serves the caller's profile.
+//!
+//! The binary is a thin wrapper over this library. Add your own routes by merging them with
+//! [`router`] and taking [`ValidUser`] (or [`auth::Claims`]) in your handlers:
+//!
+//! ```no_run
+//! use axum::{Json, Router, routing::get};
+//! use supabase_jwt_service::{AppState, Config, ValidUser};
+//!
+//! async fn hello(user: ValidUser) -> Json<String> {
+//!     Json(format!("hello {}", user.profile.full_name.unwrap_or_default()))
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::for_tests("sqlite://./data/dev.db", "a-secret-of-at-least-32-characters!!")?;
+//! let state = supabase_jwt_service::build_state(config).await?;
+//! let app = supabase_jwt_service::router(state.clone())
+//!     .merge(Router::new().route("/hello", get(hello)).with_state(state));
+//! # let _ = app; Ok(()) }
+//! ```
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod mint;
+pub mod routes;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use auth::{Claims, ValidUser, Verifier};
+pub use config::{Config, ConfigError};
+pub use error::ApiError;
+pub use routes::router;
+pub use state::{AppState, ShutdownFlag};
+pub use store::{PgStore, SqliteStore, UserStore};
+
+/// Why the service could not start (or `migrate` could not finish).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong: exit status 2.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened or migrated.
+    #[error("store: {0}")]
+    Store(String),
+    /// The listener could not be bound.
+    #[error("listen: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StartError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The key-set HTTP client: bounded connect and total time, so a slow identity server can
+/// never hold a request for long.
+fn http_client() -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .user_agent(concat!("supabase-jwt-service/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| StartError::Store(format!("http client: {e}")))
+}
+
+/// Opens the store (migrating the embedded one, and Postgres when `migrate_postgres`), loads
+/// the keys and returns the state the router needs.
+pub async fn build_state_with(
+    config: Config,
+    migrate_postgres: bool,
+) -> Result<AppState, StartError> {
+    let store: Arc<dyn UserStore> = if config.database_url.is_postgres() {
+        if migrate_postgres {
+            run_migrations(&config.database_url).await?;
+        }
+        let pg = PgStore::connect_lazy(&config).map_err(|e| StartError::Store(e.to_string()))?;
+        if config.db_rls {
+            match pg.can_switch_to_authenticated().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(ConfigError::new(
+                        "DB_RLS",
+                        "the database user may not switch to role `authenticated` (run `migrate`, or `grant authenticated to <user>`), or set DB_RLS=off",
+                    )
+                    .into());
+                }
+                // The database being down at start must not stop the service: it answers 503
+                // and recovers on its own. The role check runs again on the next start.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check the role switch for DB_RLS=on; database not answering")
+                }
+            }
+        }
+        Arc::new(pg)
+    } else {
+        if config.session_check {
+            tracing::warn!(
+                "SESSION_CHECK=on needs Postgres (auth.sessions); the embedded store ignores it"
+            );
+        }
+        Arc::new(
+            SqliteStore::open(config.database_url.expose(), config.db_timeout)
+                .await
+                .map_err(|e| StartError::Store(e.to_string()))?,
+        )
+    };
+
+    let key_set = match &config.jwks_url {
+        Some(url) => Some(auth::jwks::KeySet::new(url.clone(), http_client()?)),
+        None => None,
+    };
+    let verifier = Arc::new(Verifier::new(&config, key_set));
+    Ok(AppState {
+        config: Arc::new(config),
+        verifier,
+        store,
+        shutdown: ShutdownFlag::default(),
+    })
+}
+
+/// [`build_state_with`] without migrating Postgres (the embedded store is always migrated).
+pub async fn build_state(config: Config) -> Result<AppState, StartError> {
+    build_state_with(config, false).await
+}
+
+/// Applies the Postgres migrations to `url`.
+pub async fn run_migrations(url: &config::DatabaseUrl) -> Result<(), StartError> {
+    use sqlx::ConnectOptions;
+    let options: sqlx::postgres::PgConnectOptions = url
+        .expose()
+        .parse()
+        .map_err(|e| StartError::Store(format!("{e}")))?;
+    let mut conn = tokio::time::timeout(Duration::from_secs(15), options.connect())
+        .await
+        .map_err(|_| StartError::Store(format!("no answer from {} within 15 s", url.masked())))?
+        .map_err(|e| StartError::Store(format!("connect to {}: {e}", url.masked())))?;
+    store::postgres::migrator()
+        .run_direct(None, &mut conn, false)
+        .await
+        .map_err(|e| StartError::Store(format!("migrate {}: {e}", url.masked())))?;
+    Ok(())
+}
+
+/// `migrate`: applies migrations to `DIRECT_DATABASE_URL` (else `DATABASE_URL`).
+pub async fn migrate(config: &Config) -> Result<(), StartError> {
+    let url = &config.direct_database_url;
+    if url.is_postgres() {
+        run_migrations(url).await?;
+    } else {
+        SqliteStore::open(url.expose(), config.db_timeout)
+            .await
+            .map_err(|e| StartError::Store(e.to_string()))?;
+    }
+    tracing::info!(database = %url.masked(), "migrations applied");
+    Ok(())
+}
+
+/// Resolves when the process receives Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then stops accepting, turns
+/// `/readyz` to 503 and lets in-flight requests finish for up to `SHUTDOWN_TIMEOUT_SECONDS`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let drain = state.config.shutdown_timeout;
+    let flag = state.shutdown.clone();
+    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
+    let app = router(state);
+    let signal = async move {
+        shutdown.await;
+        flag.begin();
+        tracing::info!(?drain, "shutdown: draining in-flight requests");
+        let _ = begun_tx.send(());
+    };
+    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(signal);
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result,
+        () = async {
+            if begun_rx.await.is_ok() {
+                tokio::time::sleep(drain).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        } => {
+            tracing::warn!("shutdown: drain timeout reached, closing remaining connections");
+            Ok(())
+        }
+    }
+}
+
+/// Logs what a newcomer needs in dev mode: where it listens, which keys, and a curl command
+/// for the demo profile that calls `mint` (the token itself is never logged).
+pub fn log_startup(config: &Config, addr: std::net::SocketAddr) {
+    tracing::info!(
+        %addr,
+        store = %config.database_url.masked(),
+        rls = config.db_rls,
+        prepared_statements = config.prepared_statements,
+        issuer = config.issuer.as_deref().unwrap_or("(not checked)"),
+        key_set = config.jwks_url.as_ref().map(|u| u.as_str()).unwrap_or("(none)"),
+        hs256 = config.jwt_secret.is_some(),
+        "listening"
+    );
+    if config.using_local_stack_defaults {
+        tracing::warn!(
+            "no SUPABASE_JWT_SECRET or SUPABASE_URL set: using the Supabase CLI local stack's defaults (its published secret and http://127.0.0.1:54321); never do this in production"
+        );
+    }
+    if !config.database_url.is_postgres() {
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        let host = if addr.is_ipv6() && !addr.ip().is_unspecified() {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        let exe = std::env::current_exe()
+            .ok()
+            .and_then(|p| {
+                let cwd = std::env::current_dir().ok()?;
+                Some(
+                    p.strip_prefix(&cwd)
+                        .map(|r| format!("./{}", r.display()))
+                        .unwrap_or_else(|_| p.display().to_string()),
+                )
+            })
+            .unwrap_or_else(|| "supabase-jwt-service".to_owned());
+        tracing::info!(
+            "try it: curl -H \"Authorization: Bearer $({exe} mint --sub 5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f)\" http://{host}:{port}/name",
+            port = addr.port()
+        );
+    }
+}

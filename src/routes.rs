@@ -1,0 +1,127 @@
+//! Router assembly: routes, JSON fallbacks and the middleware stack.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub mod health;
+pub mod me;
+pub mod name;
+
+/// Largest request body accepted (`PUT /name` needs a few hundred bytes).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// The service's router with all routes, fallbacks and middleware, ready to serve.
+pub fn router(state: AppState) -> Router {
+    let config = state.config.clone();
+    let request_timeout = config.request_timeout;
+    // Outermost first. Everything runs after routing, so spans and metrics see the matched path.
+    let middleware = ServiceBuilder::new()
+        // Marks Authorization and cookies as sensitive so no layer below can log their values.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(make_span)
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // Inside the trace and outside everything else: error answers carry CORS headers too,
+        // so a browser can read a 401 instead of reporting a network error.
+        .option_layer(cors_layer(&config))
+        .layer(middleware::from_fn::<_, (Request,)>(
+            move |req: Request, next: Next| bound_request(request_timeout, req, next),
+        ))
+        .layer(CatchPanicLayer::custom(
+            |_panic: Box<dyn std::any::Any + Send>| {
+                tracing::error!("handler panicked");
+                ApiError::Internal.into_response()
+            },
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    Router::new()
+        .merge(name::routes())
+        .merge(me::routes())
+        .merge(health::routes())
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(middleware)
+        .with_state(state)
+}
+
+/// The request span: method, matched route and request id; never the URI's query, never headers.
+fn make_span(req: &Request) -> tracing::Span {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %req.method(),
+        route,
+        request_id,
+        user.id = tracing::field::Empty,
+    )
+}
+
+/// Answers 503 `unavailable` when a request runs past `REQUEST_TIMEOUT_SECONDS`.
+async fn bound_request(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(?limit, "request timed out");
+            ApiError::Unavailable.into_response()
+        }
+    }
+}
+
+fn cors_layer(config: &Config) -> Option<CorsLayer> {
+    if config.cors_origins.is_empty() {
+        return None;
+    }
+    let allow_origin = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.cors_origins.clone())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow_origin)
+            .allow_methods([Method::GET, Method::PUT, Method::OPTIONS])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::WWW_AUTHENTICATE,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}

@@ -1,0 +1,38 @@
+//! Shared application state, and the pieces handlers and extractors take from it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::FromRef;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::store::UserStore;
+
+/// Set when shutdown begins, so `/readyz` turns 503 while in-flight requests drain.
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownFlag(Arc<AtomicBool>);
+
+impl ShutdownFlag {
+    /// Marks shutdown as begun.
+    pub fn begin(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Everything a request may need. Cheap to clone.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Token verifier (keys and claim rules).
+    pub verifier: Arc<Verifier>,
+    /// Profile store.
+    pub store: Arc<dyn UserStore>,
+    /// Shutdown signal for readiness.
+    pub shutdown: ShutdownFlag,
+}
