@@ -14,11 +14,7 @@
 //   CHROMIUM_PATH     default /usr/bin/chromium
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import { chromium } from 'playwright-core'
+import { launchChromium, saveScreenshot, snapshot } from './chromium.mjs'
 import { startStaticServer } from './static-server.mjs'
 
 const env = {
@@ -29,14 +25,12 @@ const env = {
   expectedName: process.env.EXPECTED_NAME ?? 'Ada Lovelace',
   allowedOrigin: process.env.ALLOWED_ORIGIN ?? 'http://localhost:3000',
   deniedOrigin: process.env.DENIED_ORIGIN ?? 'http://127.0.0.1:3001',
-  chromium: process.env.CHROMIUM_PATH ?? '/usr/bin/chromium',
 }
 
-const ARTIFACTS = fileURLToPath(new URL('./artifacts/', import.meta.url))
 const PAGE_TIMEOUT_MS = 15_000
 
-let browser // a persistent context: launchPersistentContext is how Playwright takes a user-data-dir
-let userDataDir
+let chromium
+let browser // the browser context all pages open in
 let staticServer
 
 before(async () => {
@@ -51,27 +45,13 @@ before(async () => {
   const addresses = [...listenAddresses(allowed), ...listenAddresses(denied)]
   staticServer = await startStaticServer(addresses)
 
-  userDataDir = mkdtempSync(join(tmpdir(), 'browser-e2e-profile-'))
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: env.chromium,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  })
+  chromium = await launchChromium()
+  browser = chromium.context
 })
 
 after(async () => {
-  await browser?.close()
+  await chromium?.close()
   await staticServer?.close()
-  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true })
 })
 
 /** `localhost` may resolve to 127.0.0.1 or ::1 in Chromium: serve both. */
@@ -105,23 +85,13 @@ async function runPage(t, origin, params) {
       timeout: PAGE_TIMEOUT_MS,
     })
     const result = await page.locator('#result').evaluate((el) => ({ ...el.dataset, text: el.textContent }))
+    await snapshot(page, `static ${t.name}`)
     return { page, result, network, consoleLines }
   } catch (err) {
     await saveScreenshot(page, t.name)
     err.message += `\nbrowser console:\n  ${consoleLines.join('\n  ') || '(empty)'}`
     await page.close()
     throw err
-  }
-}
-
-async function saveScreenshot(page, name) {
-  try {
-    mkdirSync(ARTIFACTS, { recursive: true })
-    const file = join(ARTIFACTS, `${name.replace(/[^a-z0-9]+/gi, '-').slice(0, 60)}.png`)
-    await page.screenshot({ path: file })
-    console.error(`screenshot: ${file}`)
-  } catch {
-    // the page may already be gone; the assertion message says enough
   }
 }
 
