@@ -660,7 +660,8 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_variable() {
-        let cases: Vec<(fn(&mut RawConfig), &str)> = vec![
+        type Mutation = fn(&mut RawConfig);
+        let cases: Vec<(Mutation, &str)> = vec![
             (|r| r.port = Some("eighty".into()), "PORT"),
             (|r| r.host = Some("not-an-ip".into()), "HOST"),
             (

@@ -1,0 +1,220 @@
+//! The happy path on both stores, CORS, and readiness.
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn postgres_name_and_me_answer_the_callers_profile() {
+    let db = TestDb::new().await;
+    let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    db.seed_user(ada, Some("Ada Lovelace")).await;
+    db.seed_user(bob, None).await;
+    let app = TestApp::spawn(pg_config(&db.url)).await;
+
+    let r = app.get_with_token("/name", &token_for(ada)).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-request-id"));
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"full_name": "Ada Lovelace"})
+    );
+
+    let r = app.get_with_token("/name", &token_for(bob)).await;
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"full_name": null}));
+
+    let me: Value = app
+        .get_with_token("/me", &token_for(ada))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["id"], json!(ada.to_string()));
+    assert_eq!(me["email"], json!(format!("{ada}@example.com")));
+    assert_eq!(me["role"], json!("authenticated"));
+    assert_eq!(me["full_name"], json!("Ada Lovelace"));
+}
+
+#[tokio::test]
+async fn postgres_put_name_updates_only_the_callers_row() {
+    let db = TestDb::new().await;
+    let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    db.seed_user(ada, Some("Ada")).await;
+    db.seed_user(bob, Some("Bob")).await;
+    let app = TestApp::spawn(pg_config(&db.url)).await;
+
+    let r = app
+        .client
+        .put(app.url("/name"))
+        .bearer_auth(token_for(ada))
+        .json(&json!({"full_name": "  Ada King  "}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"full_name": "Ada King"})
+    );
+    assert_eq!(db.full_name(ada).await.as_deref(), Some("Ada King"));
+    assert_eq!(db.full_name(bob).await.as_deref(), Some("Bob"));
+
+    let r = app
+        .client
+        .put(app.url("/name"))
+        .bearer_auth(token_for(ada))
+        .json(&json!({"full_name": null}))
+        .send()
+        .await;
+    assert_eq!(r.unwrap().status(), 200);
+    assert_eq!(db.full_name(ada).await, None);
+
+    let stranger = Uuid::new_v4();
+    let r = app
+        .client
+        .put(app.url("/name"))
+        .bearer_auth(token_for(stranger))
+        .json(&json!({"full_name": "x"}))
+        .send();
+    assert_error(r.await.unwrap(), 404, "profile_not_found").await;
+}
+
+#[tokio::test]
+async fn embedded_store_serves_the_demo_profile_and_updates_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(sqlite_config(dir.path())).await;
+    let demo: Uuid = DEMO_USER.parse().unwrap();
+    let r = app.get_with_token("/name", &token_for(demo)).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"full_name": "Demo User"})
+    );
+    let r = app
+        .client
+        .put(app.url("/name"))
+        .bearer_auth(token_for(demo))
+        .json(&json!({"full_name": "Grace"}))
+        .send();
+    assert_eq!(
+        r.await.unwrap().json::<Value>().await.unwrap(),
+        json!({"full_name": "Grace"})
+    );
+    let me: Value = app
+        .get_with_token("/me", &token_for(demo))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["full_name"], json!("Grace"));
+    assert_error(
+        app.get_with_token("/name", &token_for(Uuid::new_v4()))
+            .await,
+        404,
+        "profile_not_found",
+    )
+    .await;
+    assert!(dir.path().join("t.db").exists());
+}
+
+#[tokio::test]
+async fn health_and_readiness_on_a_healthy_store() {
+    let db = TestDb::new().await;
+    let app = TestApp::spawn(pg_config(&db.url)).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let r = app.get("/readyz").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["store"], "postgres");
+}
+
+#[tokio::test]
+async fn readiness_turns_503_once_shutdown_begins() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(sqlite_config(dir.path())).await;
+    assert_eq!(app.get("/readyz").await.status(), 200);
+    app.state.shutdown.begin();
+    assert_error(app.get("/readyz").await, 503, "unavailable").await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn cors_allows_configured_origins_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sqlite_config(dir.path());
+    config.cors_origins = vec!["http://localhost:3000".parse().unwrap()];
+    let app = TestApp::spawn(config).await;
+
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/name"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+            .send()
+    };
+    let r = preflight("http://localhost:3000").await.unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let allowed = r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(allowed.contains("authorization"), "{allowed}");
+
+    let r = preflight("https://evil.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+
+    // Error answers carry the header too, so the browser lets the page read the 401.
+    let r = app
+        .client
+        .get(app.url("/name"))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let r = app
+        .client
+        .get(app.url("/name"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn without_cors_config_no_cors_headers_are_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(sqlite_config(dir.path())).await;
+    let r = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url("/name"))
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "GET")
+        .send()
+        .await
+        .unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+}
+
+#[tokio::test]
+async fn request_id_from_the_client_is_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(sqlite_config(dir.path())).await;
+    let r = app
+        .client
+        .get(app.url("/nope"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+}

@@ -1,0 +1,302 @@
+//! Shared test harness: throwaway Postgres databases, a real server on 127.0.0.1:0, tokens.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, ConnectOptions};
+use supabase_jwt_service::config::{Config, DatabaseUrl, RawConfig};
+use supabase_jwt_service::{AppState, build_state, serve};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// The HS256 secret every test app is configured with.
+pub const SECRET: &str = "test-secret-for-the-api-suite-0123456789abcdef";
+
+/// The Postgres superuser URL the test command exports.
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "TEST_DATABASE_URL is not set: run the tests with scripts/test, which starts Postgres"
+        )
+    })
+}
+
+/// The PgBouncer (transaction mode) URL the test command exports.
+pub fn pgbouncer_url() -> String {
+    std::env::var("TEST_PGBOUNCER_URL").unwrap_or_else(|_| {
+        panic!(
+            "TEST_PGBOUNCER_URL is not set: run the tests with scripts/test, which starts PgBouncer"
+        )
+    })
+}
+
+/// Replaces the database name of a postgres URL.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut url = reqwest::Url::parse(url).expect("postgres url");
+    url.set_path(db);
+    url.to_string()
+}
+
+/// A fresh, migrated database on the test server, with a superuser pool for seeding.
+pub struct TestDb {
+    /// Database name.
+    pub name: String,
+    /// Superuser URL of this database.
+    pub url: String,
+    /// Superuser pool (bypasses RLS) for seeding and inspection.
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// Creates and migrates a database named after a random UUID.
+    pub async fn new() -> Self {
+        let db = Self::empty().await;
+        let url = DatabaseUrl::parse("DATABASE_URL", &db.url).expect("url");
+        supabase_jwt_service::run_migrations(&url)
+            .await
+            .expect("migrate");
+        db
+    }
+
+    /// Creates an empty (unmigrated) database.
+    pub async fn empty() -> Self {
+        let admin = admin_url();
+        let name = format!("t_{}", Uuid::new_v4().simple());
+        let mut conn = admin
+            .parse::<sqlx::postgres::PgConnectOptions>()
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect admin");
+        sqlx::query(AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("create db");
+        let url = with_database(&admin, &name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .expect("pool");
+        Self { name, url, pool }
+    }
+
+    /// Inserts an auth user and (with `Some` name or `profile = true`) a profile row.
+    pub async fn seed_user(&self, id: Uuid, full_name: Option<&str>) {
+        sqlx::query("insert into auth.users (id, email) values ($1, $2)")
+            .bind(id)
+            .bind(format!("{id}@example.com"))
+            .execute(&self.pool)
+            .await
+            .expect("seed auth user");
+        sqlx::query("insert into public.users (id, full_name) values ($1, $2)")
+            .bind(id)
+            .bind(full_name)
+            .execute(&self.pool)
+            .await
+            .expect("seed profile");
+    }
+
+    /// Inserts an auth user without a profile row.
+    pub async fn seed_auth_user_only(&self, id: Uuid) {
+        sqlx::query("insert into auth.users (id) values ($1)")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .expect("seed");
+    }
+
+    /// The stored full_name of `id`, read as superuser.
+    pub async fn full_name(&self, id: Uuid) -> Option<String> {
+        sqlx::query_scalar("select full_name from public.users where id = $1")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("read name")
+    }
+}
+
+/// A test configuration for a Postgres URL, HS256 with [`SECRET`], RLS on (the default).
+pub fn pg_config(url: &str) -> Config {
+    Config::for_tests(url, SECRET).expect("config")
+}
+
+/// Builds a configuration from raw settings layered on the test defaults.
+pub fn config_with(url: &str, mutate: impl FnOnce(&mut RawConfig)) -> Config {
+    let mut raw = RawConfig {
+        host: Some("127.0.0.1".into()),
+        port: Some("0".into()),
+        database_url: Some(url.into()),
+        supabase_jwt_secret: Some(SECRET.into()),
+        metrics_addr: Some("off".into()),
+        log_format: Some("json".into()),
+        ..RawConfig::default()
+    };
+    mutate(&mut raw);
+    Config::from_raw(&raw, false).expect("config")
+}
+
+/// A real server on 127.0.0.1:0 serving the library's router.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client without connection reuse surprises: short timeouts, no proxy.
+    pub client: reqwest::Client,
+    /// The app's state (store, verifier, config).
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    /// Builds the state for `config` and serves it.
+    pub async fn spawn(config: Config) -> Self {
+        let state = build_state(config).await.expect("build state");
+        Self::spawn_state(state).await
+    }
+
+    /// Serves an already built state.
+    pub async fn spawn_state(state: AppState) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            client: client(),
+            state,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// `GET path` with a bearer token.
+    pub async fn get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `GET path` without credentials.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Triggers graceful shutdown and waits for the server to stop.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(20), handle).await;
+        }
+    }
+}
+
+/// A reqwest client with bounded timeouts so a hang fails the test instead of stalling it.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// Valid Supabase-shaped claims for `user`, expiring in an hour.
+pub fn claims(user: Uuid) -> Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    json!({
+        "aud": "authenticated",
+        "exp": now + 3600,
+        "iat": now,
+        "sub": user.to_string(),
+        "email": format!("{user}@example.com"),
+        "phone": "",
+        "role": "authenticated",
+        "aal": "aal1",
+        "session_id": Uuid::new_v4().to_string(),
+        "is_anonymous": false,
+    })
+}
+
+/// Signs `claims` with HS256 and [`SECRET`].
+pub fn sign(claims: &Value) -> String {
+    sign_with(claims, SECRET)
+}
+
+/// Signs `claims` with HS256 and `secret`.
+pub fn sign_with(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// A valid token for `user`.
+pub fn token_for(user: Uuid) -> String {
+    sign(&claims(user))
+}
+
+/// Asserts an error answer: status, JSON body `{error, message}` with `code`, no-store.
+pub async fn assert_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> reqwest::header::HeaderMap {
+    let headers = response.headers().clone();
+    let got = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(
+        (got, body["error"].as_str()),
+        (status, Some(code)),
+        "body: {body}"
+    );
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "message missing: {body}"
+    );
+    assert!(
+        headers
+            .get("content-type")
+            .is_some_and(|v| v == "application/json")
+    );
+    headers
+}
+
+/// Asserts the RFC 6750 challenge of an invalid token.
+pub async fn assert_invalid_token(response: reqwest::Response) {
+    let headers = assert_error(response, 401, "invalid_token").await;
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+}
+
+/// A SQLite config in `dir`.
+pub fn sqlite_config(dir: &std::path::Path) -> Config {
+    Config::for_tests(&format!("sqlite://{}/t.db", dir.display()), SECRET).expect("config")
+}
+
+/// The demo profile every embedded store starts with.
+pub const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
