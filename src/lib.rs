@@ -1,23 +1,6 @@
 //! `supabase-jwt-service`: verifies Supabase Auth access tokens and serves the caller's profile.
-//!
-//! The binary is a thin wrapper over this library. Add your own routes by merging them with
-//! [`router`] and taking [`ValidUser`] (or [`auth::Claims`]) in your handlers:
-//!
-//! ```no_run
-//! use axum::{Json, Router, routing::get};
-//! use supabase_jwt_service::{AppState, Config, ValidUser};
-//!
-//! async fn hello(user: ValidUser) -> Json<String> {
-//!     Json(format!("hello {}", user.profile.full_name.unwrap_or_default()))
-//! }
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = Config::for_tests("sqlite://./data/dev.db", "a-secret-of-at-least-32-characters!!")?;
-//! let state = supabase_jwt_service::build_state(config).await?;
-//! let app = supabase_jwt_service::router(state.clone())
-//!     .merge(Router::new().route("/hello", get(hello)).with_state(state));
-//! # let _ = app; Ok(()) }
-//! ```
+//! The README follows; its Rust example is compiled as a doctest.
+#![doc = include_str!("../README.md")]
 
 pub mod auth;
 pub mod cli;
