@@ -1,6 +1,7 @@
 //! Authentication: reading the bearer token, verifying it, and the `ValidUser` extractor.
 
 pub mod bearer;
+pub mod cache;
 pub mod claims;
 pub mod extractor;
 pub mod jwks;

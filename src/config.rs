@@ -239,6 +239,9 @@ pub struct RawConfig {
         hide_env_values = true
     )]
     pub shutdown_timeout_seconds: Option<String>,
+    /// Verified tokens remembered until they expire; 0 turns the cache off [default: 4096]
+    #[arg(long, env = "JWT_CACHE_SIZE", global = true, hide_env_values = true)]
+    pub jwt_cache_size: Option<String>,
 }
 
 /// Typed, validated configuration. All fields are public so tests and embedding binaries can
@@ -285,6 +288,8 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_timeout: Duration,
+    /// Capacity of the verified-token cache (0: off).
+    pub token_cache_size: usize,
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
@@ -484,6 +489,17 @@ impl Config {
             600.0,
         )?;
 
+        let token_cache_size = match non_empty(&raw.jwt_cache_size) {
+            None => 4096,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|v| *v <= 1_000_000)
+                .ok_or_else(|| {
+                    ConfigError::new("JWT_CACHE_SIZE", "must be a whole number from 0 to 1000000")
+                })?,
+        };
+
         Ok(Self {
             listen: SocketAddr::new(host, port),
             database_url,
@@ -505,6 +521,7 @@ impl Config {
             db_max_connections,
             request_timeout,
             shutdown_timeout,
+            token_cache_size,
         })
     }
 

@@ -1,6 +1,7 @@
 //! The verified claims of a Supabase access token.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -58,8 +59,10 @@ pub struct Claims {
     pub is_anonymous: bool,
     /// `exp`, seconds since the epoch.
     pub exp: u64,
-    /// The full payload as signed.
-    pub raw: Map<String, Value>,
+    /// The full payload as signed (shared: claims are cloned per request from the cache).
+    pub raw: Arc<Map<String, Value>>,
+    /// The payload as JSON text, for `set_config('request.jwt.claims', …)`.
+    pub raw_json: Arc<str>,
 }
 
 impl Claims {
@@ -86,13 +89,14 @@ impl Claims {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             exp,
-            raw,
+            raw_json: Arc::from(serde_json::to_string(&raw).unwrap_or_else(|_| "{}".to_owned())),
+            raw: Arc::new(raw),
         }
     }
 
     /// The payload as JSON text, for `set_config('request.jwt.claims', …)`.
-    pub fn raw_json(&self) -> String {
-        Value::Object(self.raw.clone()).to_string()
+    pub fn raw_json(&self) -> &str {
+        &self.raw_json
     }
 }
 

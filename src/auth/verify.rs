@@ -6,6 +6,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
+use super::cache::{Lookup, TokenCache};
 use super::claims::{Claims, UserId};
 use super::jwks::KeySet;
 use crate::config::Config;
@@ -105,6 +106,7 @@ pub struct Verifier {
     audience: String,
     issuer: Option<String>,
     leeway: u64,
+    cache: TokenCache,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -131,7 +133,13 @@ impl Verifier {
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
             leeway: config.leeway.as_secs(),
+            cache: TokenCache::new(config.token_cache_size),
         }
+    }
+
+    /// The verified-token cache (for metrics and tests).
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
     }
 
     /// The key set, when `SUPABASE_URL` is configured.
@@ -141,6 +149,36 @@ impl Verifier {
 
     /// Verifies `token` and returns its claims when it is a valid user access token.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        let cache_key = match self.cache.get(token, now) {
+            Lookup::Hit(claims, None) => return Ok(claims),
+            Lookup::Hit(claims, Some(kid)) => {
+                if self.key_set.as_ref().is_some_and(|k| k.has_key(&kid)) {
+                    return Ok(claims);
+                }
+                // Its key left the key set: the token is no longer trusted; verify afresh.
+                self.cache.remove(token);
+                None
+            }
+            Lookup::Miss(key) => Some(key),
+        };
+        let (claims, kid) = self.verify_uncached(token).await?;
+        if let Some(key) = cache_key {
+            self.cache.insert(
+                key,
+                &claims,
+                claims.exp.saturating_add(self.leeway),
+                kid,
+                now,
+            );
+        }
+        Ok(claims)
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+    ) -> Result<(Claims, Option<std::sync::Arc<str>>), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         // The header only says which of *our* keys to try; each key verifies one algorithm.
         let owned_key;
@@ -164,7 +202,11 @@ impl Verifier {
             }
             _ => return Err(AuthError::AlgorithmNotAllowed),
         };
-        self.check(token, key, alg)
+        let kid = match alg {
+            Algorithm::HS256 => None,
+            _ => header.kid.map(std::sync::Arc::<str>::from),
+        };
+        Ok((self.check(token, key, alg)?, kid))
     }
 
     fn check(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Claims, AuthError> {

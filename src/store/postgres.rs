@@ -127,7 +127,7 @@ impl UserStore for PgStore {
             let mut tx = self.pool.begin().await.map_err(StoreError::unavailable)?;
             if self.rls {
                 sqlx::query(SET_RLS_CONTEXT)
-                    .bind(claims.raw_json())
+                    .bind(claims.raw_json().to_owned())
                     .persistent(self.prepared)
                     .execute(&mut *tx)
                     .await
@@ -175,7 +175,7 @@ impl UserStore for PgStore {
             let mut tx = self.pool.begin().await.map_err(StoreError::unavailable)?;
             if self.rls {
                 sqlx::query(SET_RLS_CONTEXT)
-                    .bind(claims.raw_json())
+                    .bind(claims.raw_json().to_owned())
                     .persistent(self.prepared)
                     .execute(&mut *tx)
                     .await

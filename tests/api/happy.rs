@@ -218,3 +218,18 @@ async fn request_id_from_the_client_is_echoed() {
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
 }
+
+#[tokio::test]
+async fn verified_tokens_are_cached_and_bad_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = TestApp::spawn(sqlite_config(dir.path())).await;
+    let demo: Uuid = DEMO_USER.parse().unwrap();
+    let token = token_for(demo);
+    for _ in 0..3 {
+        assert_eq!(app.get_with_token("/name", &token).await.status(), 200);
+    }
+    assert_eq!(app.state.verifier.cache().len(), 1);
+    let bad = sign_with(&claims(demo), "another-secret-of-sufficient-length-0123456");
+    assert_eq!(app.get_with_token("/name", &bad).await.status(), 401);
+    assert_eq!(app.state.verifier.cache().len(), 1);
+}
