@@ -3,17 +3,13 @@
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Row};
+use sqlx::{AssertSqlSafe, ConnectOptions, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use super::{StoreError, StoreFuture, UserRow, UserStore, bounded};
 use crate::auth::Claims;
 use crate::config::Config;
 
-/// Sets the role and claims for this transaction only, as PostgREST does, so `auth.uid()` and
-/// the table's policies see the verified user; nothing outlives the transaction.
-const SET_RLS_CONTEXT: &str =
-    "select set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true)";
 const SELECT_PROFILE: &str = "select id, full_name, avatar_url from public.users where id = $1";
 /// One round trip for both the session and the profile: the left join keeps the session
 /// answer even when the profile row is missing.
@@ -22,6 +18,56 @@ const SELECT_PROFILE_AND_SESSION: &str = "select jwt_service.session_active($2, 
      from (select 1) as one left join public.users u on u.id = $1";
 const UPDATE_NAME: &str = "update public.users set full_name = $2, updated_at = now() \
      where id = $1 returning id, full_name, avatar_url";
+/// The update and the session check in one statement: the update touches the row only while
+/// the session is active, and the answer tells a missing row from an ended session.
+const UPDATE_NAME_IF_SESSION_ACTIVE: &str = "with s as (select jwt_service.session_active($3, $1) as active), \
+     u as (update public.users set full_name = $2, updated_at = now() \
+           where id = $1 and (select active from s) returning id, full_name, avatar_url) \
+     select s.active as session_active, u.id, u.full_name, u.avatar_url from s left join u on true";
+
+/// The statement that opens a user's transaction under row-level security: it sets `role` and
+/// `request.jwt.claims` transaction-locally (as PostgREST does), then `begin`s, all in one
+/// simple-protocol message, so it costs one round trip instead of two (`BEGIN`, then a bound
+/// `set_config`, which is itself two round trips as an unnamed statement).
+///
+/// Why this order: the `select` runs in the message's implicit transaction, which `begin`
+/// turns into the explicit one (PostgreSQL protocol docs, "Multiple Statements in a Simple
+/// Query"), so the settings last until `commit`. Were `begin` first, a failing `set_config`
+/// would leave the connection in an aborted transaction that sqlx does not roll back, and the
+/// pool would hand it on broken; this way a failure aborts only the implicit transaction.
+///
+/// The role switch and the user's queries are separate statements on purpose: a policy is
+/// applied when a statement is planned, under the role current then, so switching the role
+/// inside the user's own statement would not be guaranteed to take effect.
+///
+/// The simple protocol takes no bind parameters, so the claims travel as a literal; see
+/// [`quote_literal`] for why that is safe.
+fn begin_as_sql(claims_json: &str) -> String {
+    format!(
+        "select set_config('role', 'authenticated', true), \
+         set_config('request.jwt.claims', {}, true); begin",
+        quote_literal(claims_json)
+    )
+}
+
+/// Quotes `text` as a PostgreSQL escape-string literal, `E'…'`: every backslash and quote is
+/// doubled, so the literal ends exactly where we end it, whatever the text holds. The `E` form
+/// reads backslashes the same way whatever `standard_conforming_strings` says; sqlx connects
+/// with `client_encoding` UTF8, where neither byte can occur inside a multi-byte character; and
+/// the text comes from `serde_json`, which escapes control characters, so it holds no NUL.
+fn quote_literal(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 3);
+    quoted.push_str("E'");
+    for c in text.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '\'' => quoted.push_str("''"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('\'');
+    quoted
+}
 
 /// Profiles in Postgres (Supabase, or any Postgres 14+ migrated by `migrate`).
 #[derive(Debug, Clone)]
@@ -79,6 +125,40 @@ impl PgStore {
         &self.pool
     }
 
+    /// Begins a transaction acting as the verified user: `role` is `authenticated` and
+    /// `request.jwt.claims` holds `claims` until the transaction ends (commit, rollback or
+    /// drop), so `auth.uid()`, `auth.jwt()` and the tables' row-level security policies apply
+    /// to every statement run on it, as in Supabase's Data API. Nothing outlives the
+    /// transaction, so the connection goes back to the pool as it came.
+    ///
+    /// This is the path every user query of this store takes when `DB_RLS=on`; your own
+    /// routes can use it too. It costs one round trip. The caller bounds it in time (the pool's
+    /// acquire timeout bounds only the wait for a connection).
+    pub async fn begin_as(
+        &self,
+        claims: &Claims,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool
+            .begin_with(AssertSqlSafe(begin_as_sql(claims.raw_json())))
+            .await
+            .map_err(StoreError::unavailable)
+    }
+
+    /// Begins the transaction for one user query: as the user under `DB_RLS=on`, else a plain
+    /// one whose queries filter by the verified id themselves. Every statement runs inside an
+    /// explicit transaction: through a transaction-mode pooler an unnamed statement outside
+    /// one may be answered by another backend.
+    async fn begin_for(
+        &self,
+        claims: &Claims,
+    ) -> Result<Transaction<'static, Postgres>, StoreError> {
+        if self.rls {
+            self.begin_as(claims).await
+        } else {
+            self.pool.begin().await.map_err(StoreError::unavailable)
+        }
+    }
+
     /// Checks that the connecting user may switch to `authenticated` (needed by `DB_RLS=on`).
     /// `Ok(false)` means the database answered no; `Err` that it did not answer.
     pub async fn can_switch_to_authenticated(&self) -> Result<bool, StoreError> {
@@ -122,17 +202,7 @@ impl UserStore for PgStore {
             } else {
                 None
             };
-            // Every statement runs inside an explicit transaction: through a transaction-mode
-            // pooler an unnamed statement outside one may be answered by another backend.
-            let mut tx = self.pool.begin().await.map_err(StoreError::unavailable)?;
-            if self.rls {
-                sqlx::query(SET_RLS_CONTEXT)
-                    .bind(claims.raw_json().to_owned())
-                    .persistent(self.prepared)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::unavailable)?;
-            }
+            let mut tx = self.begin_for(claims).await?;
             let user = match session {
                 Some(session) => {
                     let row = sqlx::query(SELECT_PROFILE_AND_SESSION)
@@ -172,35 +242,38 @@ impl UserStore for PgStore {
         full_name: Option<&'a str>,
     ) -> StoreFuture<'a, Option<UserRow>> {
         Box::pin(bounded(self.timeout, async move {
-            let mut tx = self.pool.begin().await.map_err(StoreError::unavailable)?;
-            if self.rls {
-                sqlx::query(SET_RLS_CONTEXT)
-                    .bind(claims.raw_json().to_owned())
-                    .persistent(self.prepared)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(StoreError::unavailable)?;
-            }
-            if self.session_check {
-                let session = claims.session_id.ok_or(StoreError::SessionEnded)?;
-                let active: bool = sqlx::query_scalar("select jwt_service.session_active($1, $2)")
-                    .bind(session)
-                    .bind(claims.sub.uuid())
-                    .persistent(self.prepared)
-                    .fetch_one(&mut *tx)
-                    .await
-                    .map_err(StoreError::unavailable)?;
-                if !active {
-                    return Err(StoreError::SessionEnded);
+            let session = if self.session_check {
+                Some(claims.session_id.ok_or(StoreError::SessionEnded)?)
+            } else {
+                None
+            };
+            let mut tx = self.begin_for(claims).await?;
+            let row = match session {
+                Some(session) => {
+                    let row = sqlx::query(UPDATE_NAME_IF_SESSION_ACTIVE)
+                        .bind(claims.sub.uuid())
+                        .bind(full_name)
+                        .bind(session)
+                        .persistent(self.prepared)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(StoreError::unavailable)?;
+                    let active: bool = row
+                        .try_get("session_active")
+                        .map_err(StoreError::unavailable)?;
+                    if !active {
+                        return Err(StoreError::SessionEnded);
+                    }
+                    Some(row)
                 }
-            }
-            let row = sqlx::query(UPDATE_NAME)
-                .bind(claims.sub.uuid())
-                .bind(full_name)
-                .persistent(self.prepared)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(StoreError::unavailable)?;
+                None => sqlx::query(UPDATE_NAME)
+                    .bind(claims.sub.uuid())
+                    .bind(full_name)
+                    .persistent(self.prepared)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::unavailable)?,
+            };
             let user = match row {
                 Some(row) => row_to_user(&row)?,
                 None => None,
@@ -235,4 +308,26 @@ pub fn migrator() -> sqlx::migrate::Migrator {
     migrator.create_schema("jwt_service");
     migrator.dangerous_set_table_name("jwt_service._sqlx_migrations");
     migrator
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_literal_doubles_quotes_and_backslashes() {
+        assert_eq!(quote_literal(""), "E''");
+        assert_eq!(quote_literal("plain"), "E'plain'");
+        assert_eq!(quote_literal("it's"), "E'it''s'");
+        assert_eq!(quote_literal(r"a\'b"), r"E'a\\''b'");
+        assert_eq!(quote_literal(r#"{"x":"\"q\""}"#), r#"E'{"x":"\\"q\\""}'"#);
+    }
+
+    #[test]
+    fn begin_as_sql_sets_the_context_before_it_begins() {
+        let sql = begin_as_sql(r#"{"sub":"x','y"}"#);
+        assert!(sql.starts_with("select set_config('role', 'authenticated', true), "));
+        assert!(sql.contains(r#"set_config('request.jwt.claims', E'{"sub":"x'',''y"}', true)"#));
+        assert!(sql.ends_with("; begin"));
+    }
 }
