@@ -2,13 +2,14 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, ConnectOptions};
 use supabase_jwt_service::config::{Config, DatabaseUrl, RawConfig};
-use supabase_jwt_service::{AppState, build_state, serve};
+use supabase_jwt_service::{AppState, Claims, PgStore, ShutdownFlag, Verifier, build_state, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -300,3 +301,85 @@ pub fn sqlite_config(dir: &std::path::Path) -> Config {
 
 /// The demo profile every embedded store starts with.
 pub const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
+
+impl TestDb {
+    /// Inserts many auth users with profiles in one statement (the pooler tests seed hundreds).
+    pub async fn seed_users(&self, users: &[(Uuid, String)]) {
+        let ids: Vec<Uuid> = users.iter().map(|(id, _)| *id).collect();
+        let names: Vec<String> = users.iter().map(|(_, name)| name.clone()).collect();
+        sqlx::query(
+            "with a as (insert into auth.users (id, email) \
+                 select id, id || '@example.com' from unnest($1::uuid[]) as id) \
+             insert into public.users (id, full_name) select * from unnest($1::uuid[], $2::text[])",
+        )
+        .bind(&ids)
+        .bind(&names)
+        .execute(&self.pool)
+        .await
+        .expect("seed users");
+    }
+
+    /// Inserts an `auth.sessions` row, as Supabase Auth does at sign-in; `expires_in` (seconds,
+    /// negative for the past) sets `not_after`, `None` leaves it null (no time limit).
+    pub async fn seed_session(&self, id: Uuid, user: Uuid, expires_in: Option<f64>) {
+        sqlx::query(
+            "insert into auth.sessions (id, user_id, not_after) \
+             values ($1, $2, now() + make_interval(secs => $3))",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(expires_in)
+        .execute(&self.pool)
+        .await
+        .expect("seed session");
+    }
+
+    /// Deletes a session row, as Supabase Auth does at sign-out.
+    pub async fn end_session(&self, id: Uuid) {
+        sqlx::query("delete from auth.sessions where id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .expect("end session");
+    }
+}
+
+/// Valid claims for `user` whose `session_id` is `session`.
+pub fn claims_in_session(user: Uuid, session: Uuid) -> Value {
+    let mut claims = claims(user);
+    claims["session_id"] = json!(session.to_string());
+    claims
+}
+
+/// The verified [`Claims`] of `token` under `config`, as a handler would receive them.
+pub async fn verified(config: &Config, token: &str) -> Claims {
+    Verifier::new(config, None)
+        .verify(token)
+        .await
+        .expect("token verifies")
+}
+
+impl TestApp {
+    /// Serves `config` over an already built Postgres store, so the test keeps the store (and
+    /// its pool) to look at what the requests left behind.
+    pub async fn spawn_over(config: Config, store: PgStore) -> Self {
+        let state = AppState {
+            verifier: Arc::new(Verifier::new(&config, None)),
+            config: Arc::new(config),
+            store: Arc::new(store),
+            shutdown: ShutdownFlag::default(),
+        };
+        Self::spawn_state(state).await
+    }
+
+    /// `PUT /name` with a bearer token and a JSON body.
+    pub async fn put_name(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .put(self.url("/name"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+}

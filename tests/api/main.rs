@@ -8,3 +8,4 @@ mod happy;
 mod helpers;
 mod outage;
 mod property;
+mod rls;

@@ -1,0 +1,488 @@
+//! Row-level security and sessions on the real Postgres: what `PgStore::begin_as` sets, that the
+//! policies (not the queries' `where`) keep users apart, that nothing outlives a request, and
+//! that `SESSION_CHECK=on` makes a logout take effect at once.
+
+use serde_json::{Value, json};
+use sqlx::Row;
+use supabase_jwt_service::PgStore;
+use supabase_jwt_service::config::Config;
+use uuid::Uuid;
+
+use crate::helpers::*;
+
+/// A store over `config` with a single connection, so every check after a request sees the
+/// very connection that request used.
+fn one_connection_config(
+    db: &TestDb,
+    mutate: impl FnOnce(&mut supabase_jwt_service::config::RawConfig),
+) -> Config {
+    config_with(&db.url, |raw| {
+        raw.db_max_connections = Some("1".into());
+        mutate(raw);
+    })
+}
+
+/// What a connection carries between requests: `(current_user, role, request.jwt.claims)`.
+async fn connection_context(store: &PgStore) -> (String, String, String) {
+    let row = sqlx::query(
+        "select current_user::text, current_setting('role'), \
+         coalesce(current_setting('request.jwt.claims', true), '')",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    (row.get(0), row.get(1), row.get(2))
+}
+
+/// The defaults of a connection as the superuser the tests connect as.
+fn defaults() -> (String, String, String) {
+    ("postgres".into(), "none".into(), String::new())
+}
+
+async fn three_users(db: &TestDb) -> [Uuid; 3] {
+    let users = [Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4()];
+    for (user, name) in users.iter().zip(["Ada", "Bob", "Cy"]) {
+        db.seed_user(*user, Some(name)).await;
+    }
+    users
+}
+
+#[tokio::test]
+async fn rls_policy_hides_other_users_rows_even_without_a_where() {
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let config = pg_config(&db.url);
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let claims = verified(&config, &token_for(ada)).await;
+
+    let mut tx = store.begin_as(&claims).await.unwrap();
+    let count: i64 = sqlx::query_scalar("select count(*) from public.users")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    let ids: Vec<Uuid> = sqlx::query_scalar("select id from public.users")
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((count, ids), (1, vec![ada]));
+
+    let all: i64 = sqlx::query_scalar("select count(*) from public.users")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(all, 3, "the other rows exist; only the policy hides them");
+}
+
+#[tokio::test]
+async fn rls_begin_as_sets_auth_uid_jwt_and_role_from_the_token() {
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let config = pg_config(&db.url);
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let claims = verified(&config, &token_for(ada)).await;
+
+    let mut tx = store.begin_as(&claims).await.unwrap();
+    let row =
+        sqlx::query("select auth.uid(), auth.jwt() ->> 'email', auth.role(), current_user::text")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(row.get::<Option<Uuid>, _>(0), Some(ada));
+    assert_eq!(
+        row.get::<Option<String>, _>(1),
+        Some(format!("{ada}@example.com"))
+    );
+    assert_eq!(
+        row.get::<Option<String>, _>(2).as_deref(),
+        Some("authenticated")
+    );
+    assert_eq!(row.get::<String, _>(3), "authenticated");
+}
+
+#[tokio::test]
+async fn rls_claims_reach_the_database_intact_whatever_characters_they_hold() {
+    // Users write their own user_metadata, and the claims travel inside the SQL text of the
+    // begin statement: quotes, backslashes and dollar signs must neither break nor escape it.
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let config = pg_config(&db.url);
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let mut payload = claims(ada);
+    payload["user_metadata"] = json!({
+        "name": "O'Brien \\' \\\\ '' $$ $claims$ \"quoted\"",
+        "sql": "'); drop table public.users; --",
+        "e": "E'\\x41'",
+        "unicode": "café 🦀 \u{7f} \u{1}",
+    });
+    let claims = verified(&config, &sign(&payload)).await;
+
+    let mut tx = store.begin_as(&claims).await.unwrap();
+    let jwt: Value = sqlx::query_scalar("select auth.jwt()::json")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(jwt, payload);
+    assert_eq!(db.full_name(ada).await.as_deref(), Some("Ada"));
+}
+
+#[tokio::test]
+async fn rls_context_ends_with_the_transaction() {
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let config = one_connection_config(&db, |_| {});
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let claims = verified(&config, &token_for(ada)).await;
+
+    store
+        .begin_as(&claims)
+        .await
+        .unwrap()
+        .commit()
+        .await
+        .unwrap();
+    assert_eq!(connection_context(&store).await, defaults());
+    store
+        .begin_as(&claims)
+        .await
+        .unwrap()
+        .rollback()
+        .await
+        .unwrap();
+    assert_eq!(connection_context(&store).await, defaults());
+    drop(store.begin_as(&claims).await.unwrap());
+    assert_eq!(connection_context(&store).await, defaults());
+}
+
+#[tokio::test]
+async fn rls_connection_is_back_to_defaults_after_every_kind_of_answer() {
+    let db = TestDb::new().await;
+    let [ada, bob, _] = three_users(&db).await;
+    let (ada_session, bob_session) = (Uuid::new_v4(), Uuid::new_v4());
+    db.seed_session(ada_session, ada, None).await;
+    db.seed_session(bob_session, bob, Some(-60.0)).await;
+    let config = one_connection_config(&db, |raw| raw.session_check = Some("on".into()));
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let app = TestApp::spawn_over(config, store.clone()).await;
+    let ada_token = sign(&claims_in_session(ada, ada_session));
+
+    let r = app.get_with_token("/name", &ada_token).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(connection_context(&store).await, defaults());
+
+    let r = app
+        .put_name(&ada_token, &json!({"full_name": "Ada K"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(connection_context(&store).await, defaults());
+
+    let bob_token = sign(&claims_in_session(bob, bob_session));
+    assert_invalid_token(app.get_with_token("/name", &bob_token).await).await;
+    assert_eq!(connection_context(&store).await, defaults());
+    assert_invalid_token(app.put_name(&bob_token, &json!({"full_name": "x"})).await).await;
+    assert_eq!(connection_context(&store).await, defaults());
+
+    let stranger = Uuid::new_v4();
+    let stranger_session = Uuid::new_v4();
+    db.seed_auth_user_only(stranger).await;
+    db.seed_session(stranger_session, stranger, None).await;
+    let r = app
+        .get_with_token(
+            "/name",
+            &sign(&claims_in_session(stranger, stranger_session)),
+        )
+        .await;
+    assert_error(r, 404, "profile_not_found").await;
+    assert_eq!(connection_context(&store).await, defaults());
+}
+
+#[tokio::test]
+async fn rls_failed_role_switch_leaves_the_pooled_connection_usable() {
+    // A database user that may not become `authenticated`: the begin statement fails, and the
+    // pool must not keep a connection stuck in an aborted transaction.
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let role = format!("t_norole_{}", Uuid::new_v4().simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!("create role {role} login")))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut url = reqwest::Url::parse(&db.url).unwrap();
+    url.set_username(&role).unwrap();
+    let config = one_connection_config(&db, |raw| raw.database_url = Some(url.to_string()));
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let claims = verified(&config, &token_for(ada)).await;
+
+    assert!(!store.can_switch_to_authenticated().await.unwrap());
+    assert!(store.begin_as(&claims).await.is_err());
+    let mut tx = store.pool().begin().await.unwrap();
+    let who: String = sqlx::query_scalar("select current_user::text")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(who, role);
+}
+
+#[tokio::test]
+async fn rls_put_name_changes_only_the_callers_row() {
+    let db = TestDb::new().await;
+    let [ada, bob, cy] = three_users(&db).await;
+    let app = TestApp::spawn(pg_config(&db.url)).await;
+
+    let r = app
+        .put_name(&token_for(ada), &json!({"full_name": "Ada K"}))
+        .await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"full_name": "Ada K"})
+    );
+    assert_eq!(db.full_name(ada).await.as_deref(), Some("Ada K"));
+    assert_eq!(db.full_name(bob).await.as_deref(), Some("Bob"));
+    assert_eq!(db.full_name(cy).await.as_deref(), Some("Cy"));
+}
+
+#[tokio::test]
+async fn rls_crafted_put_name_requests_cannot_reach_another_users_row() {
+    let db = TestDb::new().await;
+    let [ada, bob, _] = three_users(&db).await;
+    let app = TestApp::spawn(pg_config(&db.url)).await;
+    let token = token_for(ada);
+
+    // The body names no row: an extra `id` is refused, a query string is ignored.
+    let r = app
+        .put_name(
+            &token,
+            &json!({"full_name": "pwned", "id": bob.to_string()}),
+        )
+        .await;
+    assert_error(r, 422, "invalid_body").await;
+    let r = app
+        .client
+        .put(app.url(&format!("/name?id={bob}")))
+        .bearer_auth(&token)
+        .json(&json!({"full_name": "Ada via query"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(db.full_name(ada).await.as_deref(), Some("Ada via query"));
+    assert_eq!(db.full_name(bob).await.as_deref(), Some("Bob"));
+
+    // A token for Bob signed with another secret is no way in either.
+    let forged = sign_with(&claims(bob), "not-the-secret-but-long-enough-0123456789");
+    assert_invalid_token(app.put_name(&forged, &json!({"full_name": "pwned"})).await).await;
+    assert_eq!(db.full_name(bob).await.as_deref(), Some("Bob"));
+}
+
+#[tokio::test]
+async fn rls_policy_and_grants_stop_writes_to_other_rows_at_the_database() {
+    // What the policies allow Ada, whatever SQL a route (ours or a user's own) sends.
+    let db = TestDb::new().await;
+    let [ada, bob, cy] = three_users(&db).await;
+    let config = pg_config(&db.url);
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let claims = verified(&config, &token_for(ada)).await;
+
+    let mut tx = store.begin_as(&claims).await.unwrap();
+    let targeted = sqlx::query("update public.users set full_name = 'pwned' where id = $1")
+        .bind(bob)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let unfiltered = sqlx::query("update public.users set full_name = 'everyone'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (targeted.rows_affected(), unfiltered.rows_affected()),
+        (0, 1)
+    );
+    assert_eq!(db.full_name(ada).await.as_deref(), Some("everyone"));
+    assert_eq!(db.full_name(bob).await.as_deref(), Some("Bob"));
+    assert_eq!(db.full_name(cy).await.as_deref(), Some("Cy"));
+
+    // Moving one's row onto another id, or deleting and inserting rows, is not granted at all.
+    for sql in [
+        "update public.users set id = gen_random_uuid()",
+        "delete from public.users",
+        "insert into public.users (id, full_name) values (gen_random_uuid(), 'x')",
+    ] {
+        let mut tx = store.begin_as(&claims).await.unwrap();
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        let code = err
+            .as_database_error()
+            .and_then(|e| e.code().map(|c| c.into_owned()));
+        assert_eq!(code.as_deref(), Some("42501"), "{sql}: {err}");
+    }
+    let all: i64 = sqlx::query_scalar("select count(*) from public.users")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(all, 3);
+}
+
+#[tokio::test]
+async fn rls_off_still_serves_and_updates_by_id() {
+    let db = TestDb::new().await;
+    let [ada, bob, cy] = three_users(&db).await;
+    let config = config_with(&db.url, |raw| raw.db_rls = Some("off".into()));
+    assert!(!config.db_rls);
+    let app = TestApp::spawn(config).await;
+
+    for (user, name) in [(ada, "Ada"), (bob, "Bob"), (cy, "Cy")] {
+        let r = app.get_with_token("/name", &token_for(user)).await;
+        assert_eq!(r.json::<Value>().await.unwrap(), json!({"full_name": name}));
+    }
+    let r = app
+        .put_name(&token_for(bob), &json!({"full_name": "Robert"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(db.full_name(bob).await.as_deref(), Some("Robert"));
+    assert_eq!(db.full_name(ada).await.as_deref(), Some("Ada"));
+    assert_eq!(db.full_name(cy).await.as_deref(), Some("Cy"));
+    let r = app
+        .get_with_token("/name", &token_for(Uuid::new_v4()))
+        .await;
+    assert_error(r, 404, "profile_not_found").await;
+}
+
+/// An app with `SESSION_CHECK=on` (or off) and `DB_RLS` as given, over `db`.
+async fn session_app(db: &TestDb, session_check: bool, rls: bool) -> TestApp {
+    let on_off = |b: bool| Some(if b { "on" } else { "off" }.to_owned());
+    TestApp::spawn(config_with(&db.url, |raw| {
+        raw.session_check = on_off(session_check);
+        raw.db_rls = on_off(rls);
+    }))
+    .await
+}
+
+#[tokio::test]
+async fn session_logged_out_is_rejected_at_once_when_the_check_is_on() {
+    for rls in [true, false] {
+        let db = TestDb::new().await;
+        let [ada, ..] = three_users(&db).await;
+        let session = Uuid::new_v4();
+        db.seed_session(session, ada, Some(3600.0)).await;
+        let app = session_app(&db, true, rls).await;
+        let token = sign(&claims_in_session(ada, session));
+
+        assert_eq!(
+            app.get_with_token("/name", &token).await.status(),
+            200,
+            "rls={rls}"
+        );
+        assert_eq!(app.get_with_token("/me", &token).await.status(), 200);
+        db.end_session(session).await;
+        assert_invalid_token(app.get_with_token("/name", &token).await).await;
+        assert_invalid_token(app.get_with_token("/me", &token).await).await;
+        assert_invalid_token(app.put_name(&token, &json!({"full_name": "x"})).await).await;
+        assert_eq!(db.full_name(ada).await.as_deref(), Some("Ada"));
+    }
+}
+
+#[tokio::test]
+async fn session_past_its_not_after_is_rejected_when_the_check_is_on() {
+    for rls in [true, false] {
+        let db = TestDb::new().await;
+        let [ada, ..] = three_users(&db).await;
+        let session = Uuid::new_v4();
+        db.seed_session(session, ada, Some(-1.0)).await;
+        let app = session_app(&db, true, rls).await;
+        let token = sign(&claims_in_session(ada, session));
+
+        assert_invalid_token(app.get_with_token("/name", &token).await).await;
+        assert_invalid_token(app.put_name(&token, &json!({"full_name": "x"})).await).await;
+        assert_eq!(db.full_name(ada).await.as_deref(), Some("Ada"), "rls={rls}");
+    }
+}
+
+#[tokio::test]
+async fn session_ended_tokens_are_accepted_when_the_check_is_off() {
+    let db = TestDb::new().await;
+    let [ada, bob, _] = three_users(&db).await;
+    let expired = Uuid::new_v4();
+    db.seed_session(expired, bob, Some(-60.0)).await;
+    let app = session_app(&db, false, true).await;
+
+    let logged_out = sign(&claims_in_session(ada, Uuid::new_v4()));
+    assert_eq!(app.get_with_token("/name", &logged_out).await.status(), 200);
+    let past = sign(&claims_in_session(bob, expired));
+    assert_eq!(app.get_with_token("/name", &past).await.status(), 200);
+    let r = app.put_name(&past, &json!({"full_name": "Robert"})).await;
+    assert_eq!(r.status(), 200);
+    let mut no_session = claims(ada);
+    no_session.as_object_mut().unwrap().remove("session_id");
+    assert_eq!(
+        app.get_with_token("/name", &sign(&no_session))
+            .await
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn session_check_rejects_a_token_without_session_id() {
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let app = session_app(&db, true, true).await;
+    let mut payload = claims(ada);
+    payload.as_object_mut().unwrap().remove("session_id");
+    let token = sign(&payload);
+    assert_invalid_token(app.get_with_token("/name", &token).await).await;
+    assert_invalid_token(app.put_name(&token, &json!({"full_name": "x"})).await).await;
+    payload["session_id"] = json!("not-a-uuid");
+    assert_invalid_token(app.get_with_token("/name", &sign(&payload)).await).await;
+}
+
+#[tokio::test]
+async fn session_of_another_user_does_not_count() {
+    for rls in [true, false] {
+        let db = TestDb::new().await;
+        let [ada, bob, _] = three_users(&db).await;
+        let ada_session = Uuid::new_v4();
+        db.seed_session(ada_session, ada, None).await;
+        let app = session_app(&db, true, rls).await;
+        let token = sign(&claims_in_session(bob, ada_session));
+        assert_invalid_token(app.get_with_token("/name", &token).await).await;
+        assert_invalid_token(app.put_name(&token, &json!({"full_name": "x"})).await).await;
+        assert_eq!(db.full_name(bob).await.as_deref(), Some("Bob"), "rls={rls}");
+    }
+}
+
+#[tokio::test]
+async fn session_active_in_the_database_is_served_with_the_check_on() {
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let session = Uuid::new_v4();
+    db.seed_session(session, ada, None).await;
+    let app = session_app(&db, true, true).await;
+    let token = sign(&claims_in_session(ada, session));
+    let r = app.put_name(&token, &json!({"full_name": "Ada K"})).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"full_name": "Ada K"})
+    );
+    let r = app.get_with_token("/name", &token).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"full_name": "Ada K"})
+    );
+    let stranger = Uuid::new_v4();
+    let stranger_session = Uuid::new_v4();
+    db.seed_auth_user_only(stranger).await;
+    db.seed_session(stranger_session, stranger, None).await;
+    let token = sign(&claims_in_session(stranger, stranger_session));
+    assert_error(
+        app.put_name(&token, &json!({"full_name": "x"})).await,
+        404,
+        "profile_not_found",
+    )
+    .await;
+}
