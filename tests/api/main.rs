@@ -7,5 +7,6 @@ mod fixtures;
 mod happy;
 mod helpers;
 mod outage;
+mod pooler;
 mod property;
 mod rls;
