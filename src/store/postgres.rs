@@ -133,15 +133,13 @@ impl PgStore {
     ///
     /// This is the path every user query of this store takes when `DB_RLS=on`; your own
     /// routes can use it too. It costs one round trip. The caller bounds it in time (the pool's
-    /// acquire timeout bounds only the wait for a connection).
+    /// acquire timeout bounds only the wait for a connection); giving up early is safe.
     pub async fn begin_as(
         &self,
         claims: &Claims,
     ) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool
-            .begin_with(AssertSqlSafe(begin_as_sql(claims.raw_json())))
-            .await
-            .map_err(StoreError::unavailable)
+        let sql = AssertSqlSafe(begin_as_sql(claims.raw_json()));
+        begin_to_completion(self.pool.clone(), Some(sql)).await
     }
 
     /// Begins the transaction for one user query: as the user under `DB_RLS=on`, else a plain
@@ -155,7 +153,7 @@ impl PgStore {
         if self.rls {
             self.begin_as(claims).await
         } else {
-            self.pool.begin().await.map_err(StoreError::unavailable)
+            begin_to_completion(self.pool.clone(), None).await
         }
     }
 
@@ -163,7 +161,7 @@ impl PgStore {
     /// `Ok(false)` means the database answered no; `Err` that it did not answer.
     pub async fn can_switch_to_authenticated(&self) -> Result<bool, StoreError> {
         bounded(self.timeout, async {
-            let mut tx = self.pool.begin().await.map_err(StoreError::unavailable)?;
+            let mut tx = begin_to_completion(self.pool.clone(), None).await?;
             let ok = sqlx::query(
                 "select coalesce((select rolsuper from pg_roles where rolname = current_user), false) \
                  or (exists (select 1 from pg_roles where rolname = 'authenticated') \
@@ -179,6 +177,30 @@ impl PgStore {
             Ok(ok)
         })
         .await
+    }
+}
+
+/// Begins a transaction in a task of its own, so that it always runs to completion.
+///
+/// A caller may stop waiting at any point (a client disconnects, a store call times out). Once
+/// the transaction exists, dropping it is safe: sqlx rolls it back before the connection is
+/// reused. But dropped while the begin statement is in flight, sqlx (0.9) has not counted the
+/// transaction yet and queues no rollback, so the connection would go back to the pool inside
+/// a transaction, under `DB_RLS=on` still acting as that user. In its own task the begin
+/// finishes, and a transaction nobody waits for any more is dropped, hence rolled back.
+async fn begin_to_completion(
+    pool: PgPool,
+    statement: Option<AssertSqlSafe<String>>,
+) -> Result<Transaction<'static, Postgres>, StoreError> {
+    let begin = tokio::spawn(async move {
+        match statement {
+            Some(sql) => pool.begin_with(sql).await,
+            None => pool.begin().await,
+        }
+    });
+    match begin.await {
+        Ok(result) => result.map_err(StoreError::unavailable),
+        Err(e) => Err(StoreError::unavailable(e)),
     }
 }
 
@@ -289,7 +311,7 @@ impl UserStore for PgStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(bounded(self.timeout, async move {
-            let mut tx = self.pool.begin().await.map_err(StoreError::unavailable)?;
+            let mut tx = begin_to_completion(self.pool.clone(), None).await?;
             sqlx::query("select 1")
                 .persistent(false)
                 .execute(&mut *tx)

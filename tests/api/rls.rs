@@ -2,6 +2,8 @@
 //! policies (not the queries' `where`) keep users apart, that nothing outlives a request, and
 //! that `SESSION_CHECK=on` makes a logout take effect at once.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use sqlx::Row;
 use supabase_jwt_service::PgStore;
@@ -485,4 +487,49 @@ async fn session_active_in_the_database_is_served_with_the_check_on() {
         "profile_not_found",
     )
     .await;
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to a Postgres backend process.
+fn signal_backend(pid: i32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test]
+async fn rls_context_is_not_left_behind_when_a_request_gives_up_during_begin() {
+    // A client that disconnects, or a store call that times out, drops the begin future after
+    // the begin statement was sent and before its answer came back. The server still runs it;
+    // the connection must not go back to the pool inside that transaction, as the user.
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let config = one_connection_config(&db, |_| {});
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let claims = verified(&config, &token_for(ada)).await;
+    let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    // The pool tests the connection after use: let that finish before freezing the backend.
+    while store.pool().num_idle() < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    signal_backend(backend, "STOP");
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), store.begin_as(&claims)).await;
+    signal_backend(backend, "CONT");
+    assert!(gave_up.is_err(), "the frozen backend cannot have answered");
+
+    assert_eq!(connection_context(&store).await, defaults());
+    let state: String = sqlx::query_scalar("select state from pg_stat_activity where pid = $1")
+        .bind(backend)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        state, "idle",
+        "the connection came back inside a transaction"
+    );
 }
