@@ -242,6 +242,9 @@ pub struct RawConfig {
     /// Verified tokens remembered until they expire; 0 turns the cache off [default: 4096]
     #[arg(long, env = "JWT_CACHE_SIZE", global = true, hide_env_values = true)]
     pub jwt_cache_size: Option<String>,
+    /// Add a `Server-Timing` header (auth and database time) to responses: on|off [default: off]
+    #[arg(long, env = "SERVER_TIMING", global = true, hide_env_values = true)]
+    pub server_timing: Option<String>,
 }
 
 /// Typed, validated configuration. All fields are public so tests and embedding binaries can
@@ -290,6 +293,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Capacity of the verified-token cache (0: off).
     pub token_cache_size: usize,
+    /// Answer with a `Server-Timing` header. Off by default: it tells anyone how long our
+    /// database and verification take, which is for debugging, not for the public.
+    pub server_timing: bool,
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
@@ -432,6 +438,17 @@ impl Config {
             })?),
         };
 
+        // Metrics stay off the public port: sharing it would publish them, or fail to bind.
+        if let Some(metrics) = metrics_addr
+            && metrics.port() != 0
+            && metrics.port() == port
+        {
+            return Err(ConfigError::new(
+                "METRICS_ADDR",
+                "must use another port than PORT; metrics are never served on the public port",
+            ));
+        }
+
         let log_format = match non_empty(&raw.log_format)
             .map(str::to_ascii_lowercase)
             .as_deref()
@@ -499,6 +516,7 @@ impl Config {
                     ConfigError::new("JWT_CACHE_SIZE", "must be a whole number from 0 to 1000000")
                 })?,
         };
+        let server_timing = parse_switch("SERVER_TIMING", non_empty(&raw.server_timing), false)?;
 
         Ok(Self {
             listen: SocketAddr::new(host, port),
@@ -522,6 +540,7 @@ impl Config {
             request_timeout,
             shutdown_timeout,
             token_cache_size,
+            server_timing,
         })
     }
 
@@ -697,6 +716,14 @@ mod tests {
             (|r| r.metrics_addr = Some("9091".into()), "METRICS_ADDR"),
             (|r| r.db_rls = Some("maybe".into()), "DB_RLS"),
             (
+                |r| r.metrics_addr = Some("0.0.0.0:8080".into()),
+                "METRICS_ADDR",
+            ),
+            (
+                |r| r.server_timing = Some("sometimes".into()),
+                "SERVER_TIMING",
+            ),
+            (
                 |r| r.supabase_jwt_secret = Some("short".into()),
                 "SUPABASE_JWT_SECRET",
             ),
@@ -714,6 +741,14 @@ mod tests {
         raw.supabase_jwt_secret = Some("tiny-secret".into());
         let err = Config::from_raw(&raw, false).unwrap_err();
         assert!(!err.to_string().contains("tiny-secret"));
+    }
+
+    #[test]
+    fn server_timing_is_off_unless_asked_for() {
+        assert!(!Config::from_raw(&raw_pg(), false).unwrap().server_timing);
+        let mut raw = raw_pg();
+        raw.server_timing = Some("on".into());
+        assert!(Config::from_raw(&raw, false).unwrap().server_timing);
     }
 
     #[test]
