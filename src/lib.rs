@@ -23,7 +23,7 @@ pub use config::{Config, ConfigError};
 pub use error::ApiError;
 pub use routes::router;
 pub use state::{AppState, ShutdownFlag};
-pub use store::{PgStore, SqliteStore, UserStore};
+pub use store::{Instrumented, PgStore, SqliteStore, UserStore};
 
 /// Why the service could not start (or `migrate` could not finish).
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,9 @@ pub enum StartError {
     /// The listener could not be bound.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
+    /// The metrics recorder could not be installed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] telemetry::metrics::InstallError),
 }
 
 impl StartError {
@@ -88,18 +91,18 @@ pub async fn build_state_with(
                 }
             }
         }
-        Arc::new(pg)
+        Arc::new(Instrumented::new(pg))
     } else {
         if config.session_check {
             tracing::warn!(
                 "SESSION_CHECK=on needs Postgres (auth.sessions); the embedded store ignores it"
             );
         }
-        Arc::new(
+        Arc::new(Instrumented::new(
             SqliteStore::open(config.database_url.expose(), config.db_timeout)
                 .await
                 .map_err(|e| StartError::Store(e.to_string()))?,
-        )
+        ))
     };
 
     let key_set = match &config.jwks_url {
@@ -208,6 +211,32 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// Starts the Prometheus listener on `METRICS_ADDR`, its own socket and never the public
+/// one: installs the process-wide recorder, binds, and serves `GET /metrics` in a background
+/// task for the life of the runtime. Returns the bound address, or `None` when
+/// `METRICS_ADDR=off` (then nothing listens and nothing is recorded).
+pub async fn spawn_metrics_listener(
+    state: &AppState,
+) -> Result<Option<std::net::SocketAddr>, StartError> {
+    let Some(addr) = state.config.metrics_addr else {
+        return Ok(None);
+    };
+    let handle = telemetry::metrics::install()?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("METRICS_ADDR {addr}: {e}")))?;
+    let bound = listener.local_addr()?;
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        let forever = std::future::pending::<()>();
+        if let Err(e) = telemetry::metrics::serve(listener, handle, store, forever).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    tracing::info!(addr = %bound, "metrics listening");
+    Ok(Some(bound))
 }
 
 /// Logs what a newcomer needs in dev mode: where it listens, which keys, and a curl command

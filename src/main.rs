@@ -8,7 +8,8 @@ use supabase_jwt_service::cli::{Cli, Command};
 use supabase_jwt_service::config::Config;
 use supabase_jwt_service::mint::{MintRequest, mint};
 use supabase_jwt_service::{
-    StartError, build_state_with, log_startup, migrate, serve, shutdown_signal, telemetry,
+    StartError, build_state_with, log_startup, migrate, serve, shutdown_signal,
+    spawn_metrics_listener, telemetry,
 };
 
 #[tokio::main]
@@ -52,6 +53,7 @@ async fn run_server(config: Config, migrate: bool) -> Result<(), StartError> {
     let listen = config.listen;
     let state = build_state_with(config, migrate).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    spawn_metrics_listener(&state).await?;
     log_startup(&state.config, listener.local_addr()?);
     serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");

@@ -1,10 +1,10 @@
 //! Router assembly: routes, JSON fallbacks and the middleware stack.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{HeaderName, Method, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
@@ -12,12 +12,12 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry;
 
 pub mod health;
 pub mod me;
@@ -42,9 +42,18 @@ pub fn router(state: AppState) -> Router {
             TraceLayer::new_for_http()
                 .make_span_with(make_span)
                 .on_request(())
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                .on_response(log_response)
+                // Our completion line already carries every status; a second, ERROR-level
+                // line for each 503 would bury real errors during a database outage.
+                .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn(record_metrics))
+        .option_layer(
+            config
+                .server_timing
+                .then(|| middleware::from_fn(add_server_timing)),
+        )
         // Inside the trace and outside everything else: error answers carry CORS headers too,
         // so a browser can read a 401 instead of reporting a network error.
         .option_layer(cors_layer(&config))
@@ -86,6 +95,50 @@ fn make_span(req: &Request) -> tracing::Span {
         request_id,
         user.id = tracing::field::Empty,
     )
+}
+
+/// The one log line per request, at INFO inside the request span (so it carries method,
+/// route, request id and user id): status, latency in milliseconds, and our error code if any.
+fn log_response<B>(response: &axum::http::Response<B>, latency: Duration, _span: &tracing::Span) {
+    let error_code = response.extensions().get::<ApiError>().map(|e| e.code());
+    // Microsecond precision is plenty, and keeps JSON lines short.
+    let latency_ms = (latency.as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms,
+        error.code = error_code,
+        "request completed"
+    );
+}
+
+/// Counts the request by method, matched route (or `unmatched`) and status, and times it.
+/// It sits outside the timeout and panic layers, so their 503s and 500s are counted too.
+async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    telemetry::metrics::http_request(
+        &method,
+        route.as_deref(),
+        response.status(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// `SERVER_TIMING=on`: adds `Server-Timing: auth;dur=…, db;dur=…, total;dur=…`.
+async fn add_server_timing(req: Request, next: Next) -> Response {
+    let (mut response, value) = telemetry::server_timing::measure(next.run(req)).await;
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("server-timing"), value);
+    }
+    response
 }
 
 /// Answers 503 `unavailable` when a request runs past `REQUEST_TIMEOUT_SECONDS`.

@@ -1,5 +1,6 @@
 //! Profile storage: the `UserStore` trait and its Postgres and embedded SQLite implementations.
 
+use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -10,9 +11,11 @@ use uuid::Uuid;
 use crate::auth::{AuthError, Claims};
 use crate::error::ApiError;
 
+pub mod instrumented;
 pub mod postgres;
 pub mod sqlite;
 
+pub use instrumented::Instrumented;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -42,9 +45,44 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn unavailable(e: impl std::fmt::Display) -> Self {
+    /// Every store failure passes through here, so this is where `db_errors_total` counts it,
+    /// by the kind of database error when there is one.
+    pub(crate) fn unavailable(e: impl std::fmt::Display + 'static) -> Self {
+        let kind = (&e as &dyn Any)
+            .downcast_ref::<sqlx::Error>()
+            .map_or("other", error_kind);
+        crate::telemetry::metrics::db_error(kind);
         Self::Unavailable(e.to_string())
     }
+}
+
+/// The `kind` label for a database error. `acquire_timeout` is the one to alert on: every
+/// pooled connection stayed busy for the whole wait.
+fn error_kind(e: &sqlx::Error) -> &'static str {
+    match e {
+        sqlx::Error::PoolTimedOut => "acquire_timeout",
+        sqlx::Error::PoolClosed => "pool_closed",
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => "connection",
+        sqlx::Error::Database(_) => "database",
+        sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. }
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_) => "decode",
+        _ => "other",
+    }
+}
+
+/// How full a connection pool is, sampled for the `db_pool_*` gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections, busy or idle.
+    pub size: u32,
+    /// Open connections waiting for work.
+    pub idle: usize,
+    /// The most connections the pool will open.
+    pub max: u32,
 }
 
 impl From<StoreError> for ApiError {
@@ -70,6 +108,10 @@ pub trait UserStore: Send + Sync + 'static {
     fn ping(&self) -> StoreFuture<'_, ()>;
     /// A short name for logs: `postgres` or `sqlite`.
     fn kind(&self) -> &'static str;
+    /// The connection pool's occupancy, for metrics; `None` when the store has no pool.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
 }
 
 /// Runs `fut` with an upper bound, turning a timeout into [`StoreError::Unavailable`].
@@ -81,8 +123,24 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(result) => result,
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "no answer within {limit:?}"
-        ))),
+        Err(_) => {
+            crate::telemetry::metrics::db_error("timeout");
+            Err(StoreError::Unavailable(format!(
+                "no answer within {limit:?}"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saturated_pool_is_its_own_error_kind() {
+        assert_eq!(error_kind(&sqlx::Error::PoolTimedOut), "acquire_timeout");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(error_kind(&sqlx::Error::Io(refused)), "connection");
+        assert_eq!(error_kind(&sqlx::Error::RowNotFound), "decode");
     }
 }

@@ -1,9 +1,43 @@
-//! Logging: a `tracing` subscriber in pretty or JSON form, writing where the caller says.
+//! Telemetry: the `tracing` subscriber in pretty or JSON form (writing where the caller says),
+//! Prometheus metrics, and the optional `Server-Timing` header.
 
+use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
+
+pub mod metrics;
+pub mod server_timing;
+
+/// Builds a subscriber without installing it: JSON writes one object per line with
+/// `timestamp`, `level`, the event's fields (`message`, `status`, `latency_ms`, …) and the
+/// request `span` (`method`, `route`, `request_id`, `user.id`). Tests install it for their own
+/// thread with `tracing::subscriber::set_default` and capture `writer`.
+pub fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Pretty => Box::new(builder.with_target(false).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .finish(),
+        ),
+    }
+}
 
 /// Installs the global subscriber. `RUST_LOG` filters (default `info`); `writer` lets tests
 /// capture or silence output. Calling it twice is harmless (the second call does nothing).
@@ -12,16 +46,5 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    let _ = match format {
-        LogFormat::Pretty => builder.with_target(false).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-    };
+    let _ = subscriber(format, filter, writer).try_init();
 }

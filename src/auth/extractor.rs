@@ -2,6 +2,7 @@
 //! [`Verifier`] and a [`UserStore`].
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts};
 use axum::http::header::AUTHORIZATION;
@@ -10,6 +11,7 @@ use axum::http::request::Parts;
 use super::{AuthError, Claims, Verifier, bearer};
 use crate::error::ApiError;
 use crate::store::{UserRow, UserStore};
+use crate::telemetry::{metrics, server_timing};
 
 /// A signed-in user: verified claims and their `users` row. Rejects with the contract's
 /// errors (401/403/400, 404 `profile_not_found`, 503 `unavailable`).
@@ -31,15 +33,21 @@ where
     if let Some(cached) = parts.extensions.get::<Result<Claims, AuthError>>() {
         return cached.clone();
     }
+    let started = Instant::now();
     let result = match bearer::token(&parts.headers) {
         Ok(token) => Arc::<Verifier>::from_ref(state).verify(token).await,
         Err(e) => Err(e),
     };
+    server_timing::add_auth(started.elapsed());
+    // Verification ends here, once per request (the result is cached below), so this is the
+    // one place each outcome is counted.
     match &result {
         Ok(claims) => {
+            metrics::auth_outcome("ok");
             tracing::Span::current().record("user.id", tracing::field::display(claims.sub));
         }
         Err(e) => {
+            metrics::auth_outcome(e.reason());
             tracing::debug!(target: "supabase_jwt_service::auth", reason = e.reason(), "token rejected");
         }
     }

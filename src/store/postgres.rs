@@ -6,7 +6,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use super::{StoreError, StoreFuture, UserRow, UserStore, bounded};
+use super::{PoolStats, StoreError, StoreFuture, UserRow, UserStore, bounded};
 use crate::auth::Claims;
 use crate::config::Config;
 
@@ -99,7 +99,10 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.db_max_connections)
             .min_connections(0)
-            .acquire_timeout(config.db_timeout)
+            // A little shorter than the bound on the whole call, so that a saturated pool
+            // surfaces as sqlx's pool timeout (db_errors_total{kind="acquire_timeout"}) rather
+            // than as the generic one; both answer 503 within DB_TIMEOUT_SECONDS.
+            .acquire_timeout(config.db_timeout.mul_f64(0.8))
             .idle_timeout(Duration::from_secs(300))
             .max_lifetime(Duration::from_secs(1800))
             // A dead connection surfaces as one failed request (503) and is dropped; pinging
@@ -324,6 +327,14 @@ impl UserStore for PgStore {
 
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn pool_stats(&self) -> Option<PoolStats> {
+        Some(PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle(),
+            max: self.pool.options().get_max_connections(),
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use uuid::Uuid;
 
-use super::{StoreError, StoreFuture, UserRow, UserStore, bounded};
+use super::{PoolStats, StoreError, StoreFuture, UserRow, UserStore, bounded};
 use crate::auth::Claims;
 
 /// The embedded store's migrations (`migrations/sqlite`).
@@ -107,5 +107,13 @@ impl UserStore for SqliteStore {
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn pool_stats(&self) -> Option<PoolStats> {
+        Some(PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle(),
+            max: self.pool.options().get_max_connections(),
+        })
     }
 }
