@@ -2,11 +2,15 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod deploy_files;
 mod errors;
 mod fixtures;
 mod happy;
 mod helpers;
+mod image_env;
 mod outage;
 mod pooler;
+mod prometheus_metrics;
 mod property;
+mod request_logs;
 mod rls;

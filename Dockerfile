@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+#
+# supabase-jwt-service, built in a Rust image and run from a distroless one as a non-root
+# user. Needs BuildKit (the default in Docker 23+, `fly deploy`'s builder, podman/buildah)
+# for the cache mount. No secret goes in here: pass them at run time (docs/deploy.md).
+#
+#   docker build -t supabase-jwt-service .
+#   docker run --rm -p 8080:8080 --env-file .env supabase-jwt-service
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+WORKDIR /src
+
+# Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or Cargo.lock
+# change, not on every source edit.
+COPY Cargo.toml Cargo.lock ./
+RUN cargo fetch --locked
+
+# The compiled dependencies live in a cache mount that outlives the layer, so a source
+# change recompiles only this crate.
+COPY migrations ./migrations
+COPY src ./src
+RUN --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin supabase-jwt-service \
+    && install -D target/release/supabase-jwt-service /out/supabase-jwt-service \
+    && mkdir -p /out/data
+
+# glibc and libgcc for the binary, CA certificates for the key-set fetch, a `nonroot` user
+# (65532), no shell and no package manager. Debian 12 matches the builder's glibc.
+FROM gcr.io/distroless/cc-debian12:nonroot
+
+# The embedded store defaults to ./data/dev.db, so the working directory holds a data
+# folder the service user may write.
+WORKDIR /app
+COPY --from=build --chown=65532:65532 /out/data /app/data
+COPY --from=build /out/supabase-jwt-service /usr/local/bin/supabase-jwt-service
+
+ENV HOST=0.0.0.0 \
+    PORT=8080 \
+    LOG_FORMAT=json
+
+USER 65532:65532
+EXPOSE 8080
+
+# Exec form: the binary is PID 1 and gets SIGTERM itself, which starts its graceful drain.
+# Arguments after the image name (or Fly's release_command) are its subcommand: `migrate`.
+ENTRYPOINT ["/usr/local/bin/supabase-jwt-service"]

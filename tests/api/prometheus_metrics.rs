@@ -1,0 +1,239 @@
+//! Requests of each outcome show up in `/metrics` with bounded labels.
+//!
+//! Each test owns its recorder: `set_default_local_recorder` makes it the thread's, and the
+//! current-thread runtime of `#[tokio::test]` runs the server, the client and the metrics
+//! listener on that thread, so other tests in this process never add to these counts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use supabase_jwt_service::auth::UserId;
+use supabase_jwt_service::mint::{MintRequest, mint};
+use supabase_jwt_service::{Config, build_state, serve, telemetry};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "metrics-test-secret-0123456789abcdefghijk";
+const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
+
+struct Running {
+    api: SocketAddr,
+    metrics: SocketAddr,
+    config: Config,
+    dir: PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The API and a metrics listener rendering `handle`, both on loopback port 0. Both run
+/// until the test's runtime ends.
+async fn start(handle: PrometheusHandle) -> Running {
+    let dir = std::env::temp_dir().join(format!(
+        "sjs-metrics-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config =
+        Config::for_tests(&format!("sqlite://{}/t.db", dir.display()), SECRET).expect("config");
+    let state = build_state(config.clone()).await.expect("state");
+
+    let api_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
+    let metrics_listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind metrics");
+    let api = api_listener.local_addr().expect("api addr");
+    let metrics = metrics_listener.local_addr().expect("metrics addr");
+    let store = state.store.clone();
+    tokio::spawn(telemetry::metrics::serve(
+        metrics_listener,
+        handle,
+        store,
+        std::future::pending(),
+    ));
+    tokio::spawn(serve(api_listener, state, std::future::pending()));
+    Running {
+        api,
+        metrics,
+        config,
+        dir,
+    }
+}
+
+fn token(config: &Config, ttl_seconds: i64) -> String {
+    let request = MintRequest {
+        sub: UserId::parse(DEMO_USER).expect("uuid"),
+        email: None,
+        role: "authenticated".into(),
+        ttl_seconds,
+    };
+    mint(config, &request).expect("mint")
+}
+
+/// One sample of the exposition text: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+fn parse(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line.rsplit_once(' ').expect("`series value`");
+        let value: f64 = value.parse().expect("numeric value");
+        let (name, labels) = match series.split_once('{') {
+            None => (series, BTreeMap::new()),
+            Some((name, rest)) => {
+                let body = rest.strip_suffix('}').expect("closing brace");
+                let labels = body
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|pair| {
+                        let (k, v) = pair.split_once("=\"").expect("label=\"value\"");
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name, labels)
+            }
+        };
+        samples.push((name.to_owned(), labels, value));
+    }
+    samples
+}
+
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
+}
+
+#[tokio::test]
+async fn each_outcome_is_counted_by_route_status_and_auth_result() {
+    let recorder = telemetry::metrics::recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    telemetry::metrics::describe();
+
+    let app = start(recorder.handle()).await;
+    let base = format!("http://{}", app.api);
+    let client = reqwest::Client::new();
+    let good = token(&app.config, 3600);
+    let expired = token(&app.config, -3600);
+
+    let ok = client
+        .get(format!("{base}/name"))
+        .bearer_auth(&good)
+        .send()
+        .await
+        .expect("GET /name");
+    assert_eq!(ok.status(), 200);
+    let missing = client
+        .get(format!("{base}/name"))
+        .send()
+        .await
+        .expect("no token");
+    assert_eq!(missing.status(), 401);
+    let stale = client
+        .get(format!("{base}/name"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .expect("expired token");
+    assert_eq!(stale.status(), 401);
+    let unknown = client
+        .get(format!("{base}/wp-admin/secret-probe"))
+        .send()
+        .await
+        .expect("unknown route");
+    assert_eq!(unknown.status(), 404);
+    let wrong_method = client
+        .delete(format!("{base}/name"))
+        .send()
+        .await
+        .expect("DELETE /name");
+    assert_eq!(wrong_method.status(), 405);
+
+    let scrape = client
+        .get(format!("http://{}/metrics", app.metrics))
+        .send()
+        .await
+        .expect("scrape");
+    assert_eq!(scrape.status(), 200);
+    assert!(
+        scrape
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain; version=0.0.4"))
+    );
+    let text = scrape.text().await.expect("body");
+    let samples = parse(&text);
+    let requests = |method: &str, route: &str, status: &str| {
+        value(
+            &samples,
+            "http_requests_total",
+            &[("method", method), ("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(requests("GET", "/name", "200"), 1.0, "{text}");
+    assert_eq!(requests("GET", "/name", "401"), 2.0, "{text}");
+    assert_eq!(requests("GET", "unmatched", "404"), 1.0, "{text}");
+    assert_eq!(requests("DELETE", "/name", "405"), 1.0, "{text}");
+    // The raw URI of an unmatched request never becomes a label.
+    assert!(!text.contains("wp-admin"));
+
+    let auth = |result: &str| value(&samples, "auth_outcomes_total", &[("result", result)]);
+    assert_eq!(auth("ok"), 1.0, "{text}");
+    assert_eq!(auth("missing"), 1.0, "{text}");
+    assert_eq!(auth("expired"), 1.0, "{text}");
+
+    assert_eq!(
+        value(
+            &samples,
+            "http_request_duration_seconds_count",
+            &[("route", "/name")]
+        ),
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "db_query_duration_seconds_count",
+            &[("op", "profile")]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|(n, l, _)| n == "db_pool_size"
+                && l.get("store").map(String::as_str) == Some("sqlite")),
+        "{text}"
+    );
+    assert!(text.contains("# HELP http_requests_total"));
+}
+
+#[tokio::test]
+async fn metrics_are_not_served_on_the_public_port() {
+    let recorder = telemetry::metrics::recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let app = start(recorder.handle()).await;
+    let response = reqwest::get(format!("http://{}/metrics", app.api))
+        .await
+        .expect("GET /metrics on the API port");
+    assert_eq!(response.status(), 404);
+}
