@@ -54,7 +54,7 @@ pub fn router(state: AppState) -> Router {
                 .server_timing
                 .then(|| middleware::from_fn(add_server_timing)),
         )
-        // Inside the trace and outside everything else: error answers carry CORS headers too,
+        // Outside the timeout, panic and handler layers: error answers carry CORS headers too,
         // so a browser can read a 401 instead of reporting a network error.
         .option_layer(cors_layer(&config))
         .layer(middleware::from_fn::<_, (Request,)>(
