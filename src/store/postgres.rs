@@ -90,7 +90,9 @@ impl PgStore {
             .map_err(StoreError::unavailable)?;
         // The RLS context carries the verified claims (email included) in its SQL text, so
         // statements are never logged, at any level.
-        options = options.application_name("supabase-jwt-service").disable_statement_logging();
+        options = options
+            .application_name("supabase-jwt-service")
+            .disable_statement_logging();
         if !config.prepared_statements {
             // Behind a transaction-mode pooler a named statement prepared on one backend is
             // missing (or, worse, different) on the next: use only unnamed statements.
