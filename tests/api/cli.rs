@@ -77,6 +77,19 @@ impl Server {
         self.logs.lock().unwrap().clone()
     }
 
+    /// Waits (bounded) until the captured logs contain `needle`.
+    fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.logs().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in logs: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -304,6 +317,8 @@ async fn minted_token_is_accepted_by_serve_and_no_secret_reaches_the_logs() {
 async fn dev_mode_binds_loopback_and_logs_a_curl_command_that_works() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(bin(dir.path()));
+    // The port accepts before the last start-up lines are written: wait for the curl line.
+    server.wait_for_log("curl");
     let logs = server.logs();
     assert!(
         logs.contains(&format!("127.0.0.1:{}", server.port)),
@@ -387,5 +402,5 @@ async fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     assert!(response.contains("Still Served"), "{response}");
     let status = server.wait(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
-    assert!(server.logs().contains("draining"));
+    server.wait_for_log("draining");
 }
