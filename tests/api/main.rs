@@ -8,6 +8,7 @@ mod fixtures;
 mod happy;
 mod helpers;
 mod image_env;
+mod jwks;
 mod outage;
 mod pooler;
 mod prometheus_metrics;

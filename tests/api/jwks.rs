@@ -1,0 +1,703 @@
+//! Asymmetric tokens (ES256, RS256, EdDSA) verified from the project's key set, served here by
+//! a local JWKS server that counts fetches and can rotate, fail or hang. Self-contained: its own
+//! app and server helpers, the embedded SQLite store in a temp folder, no Postgres needed.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use supabase_jwt_service::auth::jwks::KeySet;
+use supabase_jwt_service::config::{Config, RawConfig};
+use supabase_jwt_service::{AppState, build_state, serve};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// The embedded store's demo profile (migrations/sqlite).
+const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
+/// A legacy HS256 secret, configured beside the key set in most tests.
+const SECRET: &str = "jwks-tests-legacy-hs256-secret-0123456789";
+/// Where Supabase serves the key set under the project URL.
+const JWKS_PATH: &str = "/auth/v1/.well-known/jwks.json";
+/// The usable keys in `tests/fixtures/jwks/jwks.json`, sorted.
+const FIXTURE_KIDS: [&str; 4] = ["eddsa-key", "es256-key", "es256-noalg", "rs256-key"];
+/// Generous bound on anything awaited, so a broken build fails instead of stalling CI.
+const LIMIT: Duration = Duration::from_secs(30);
+
+const ES256_PEM: &str = include_str!("../fixtures/jwks/keys/es256.pem");
+const ES256_STANDBY_PEM: &str = include_str!("../fixtures/jwks/keys/es256-standby.pem");
+const RS256_PEM: &str = include_str!("../fixtures/jwks/keys/rs256.pem");
+const EDDSA_PEM: &str = include_str!("../fixtures/jwks/keys/eddsa.pem");
+const ES256_PUBLIC_PEM: &str = include_str!("../fixtures/jwks/keys/es256.pub.pem");
+
+fn fixture_jwks() -> Value {
+    serde_json::from_str(include_str!("../fixtures/jwks/jwks.json")).expect("jwks.json")
+}
+
+fn fixture_tokens() -> Value {
+    serde_json::from_str(include_str!("../fixtures/jwks/tokens.json")).expect("tokens.json")
+}
+
+/// `jwks.json` plus the standby key, as a project's set looks once a standby key is created.
+fn fixture_jwks_with_standby() -> Value {
+    let mut jwks = fixture_jwks();
+    let standby = fixture_tokens()["standby_jwk"].clone();
+    jwks["keys"].as_array_mut().expect("keys").push(standby);
+    jwks
+}
+
+// --- a JWKS server ----------------------------------------------------------------------------
+
+/// What the JWKS server answers.
+#[derive(Clone)]
+enum Mode {
+    /// 200 with this JWK set.
+    Serve(Value),
+    /// 500.
+    Fail,
+    /// Holds each request until [`JwksServer::release`], then answers with the inner mode.
+    Hold(Box<Mode>),
+}
+
+struct ServerState {
+    mode: Mutex<Mode>,
+    fetches: watch::Sender<usize>,
+    release: Notify,
+}
+
+/// A key-set server on 127.0.0.1:0 that counts requests.
+struct JwksServer {
+    base: String,
+    state: Arc<ServerState>,
+    task: JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(mode: Mode) -> Self {
+        let state = Arc::new(ServerState {
+            mode: Mutex::new(mode),
+            fetches: watch::channel(0).0,
+            release: Notify::new(),
+        });
+        let app = axum::Router::new()
+            .route(JWKS_PATH, axum::routing::get(answer))
+            .with_state(Arc::clone(&state));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            base: format!("http://{addr}"),
+            state,
+            task,
+        }
+    }
+
+    fn set(&self, mode: Mode) {
+        *self.state.mode.lock().expect("mode") = mode;
+    }
+
+    fn fetches(&self) -> usize {
+        *self.state.fetches.borrow()
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    async fn wait_for_fetches(&self, n: usize) {
+        let mut rx = self.state.fetches.subscribe();
+        tokio::time::timeout(LIMIT, rx.wait_for(|count| *count >= n))
+            .await
+            .expect("the service never fetched the key set")
+            .expect("server gone");
+    }
+
+    /// Lets every held request answer.
+    fn release(&self) {
+        self.state.release.notify_waiters();
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(State(state): State<Arc<ServerState>>) -> Response {
+    let mut mode = state.mode.lock().expect("mode").clone();
+    if let Mode::Hold(then) = mode {
+        // Registered before the request is counted, so a release sent after the test sees the
+        // count cannot be missed.
+        let released = state.release.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        state.fetches.send_modify(|n| *n += 1);
+        released.await;
+        mode = *then;
+    } else {
+        state.fetches.send_modify(|n| *n += 1);
+    }
+    match mode {
+        Mode::Serve(body) => {
+            let mut response = axum::Json(body).into_response();
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=600"),
+            );
+            response
+        }
+        Mode::Fail | Mode::Hold(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+// --- the service ------------------------------------------------------------------------------
+
+struct App {
+    addr: SocketAddr,
+    state: AppState,
+    client: reqwest::Client,
+    issuer: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl App {
+    /// Builds the service against `jwks` (SUPABASE_URL = its base) on a fresh SQLite store,
+    /// with [`SECRET`] as the legacy secret, and serves it on 127.0.0.1:0.
+    async fn spawn(jwks: &JwksServer, mutate: impl FnOnce(&mut RawConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut raw = RawConfig {
+            host: Some("127.0.0.1".into()),
+            port: Some("0".into()),
+            database_url: Some(format!("sqlite://{}/t.db", dir.path().display())),
+            supabase_url: Some(jwks.base.clone()),
+            supabase_jwt_secret: Some(SECRET.into()),
+            metrics_addr: Some("off".into()),
+            log_format: Some("json".into()),
+            ..RawConfig::default()
+        };
+        mutate(&mut raw);
+        let config = Config::from_raw(&raw, false).expect("config");
+        let issuer = config.issuer.clone().expect("issuer");
+        let state = build_state(config).await.expect("build state");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            state,
+            client: reqwest::Client::builder()
+                .timeout(LIMIT)
+                .no_proxy()
+                .build()
+                .expect("client"),
+            issuer,
+            shutdown: Some(tx),
+            _dir: dir,
+        }
+    }
+
+    /// Serving the fixture set, whose tokens carry the fixture's issuer.
+    async fn spawn_for_fixtures(jwks: &JwksServer) -> Self {
+        let issuer = fixture_tokens()["issuer"]
+            .as_str()
+            .expect("issuer")
+            .to_owned();
+        Self::spawn(jwks, |raw| raw.jwt_issuer = Some(issuer)).await
+    }
+
+    fn key_set(&self) -> &Arc<KeySet> {
+        self.state
+            .verifier
+            .key_set()
+            .expect("SUPABASE_URL configures a key set")
+    }
+
+    async fn wait_until_keys_loaded(&self) {
+        assert!(
+            self.key_set().wait_until_ready(LIMIT).await,
+            "key set never loaded"
+        );
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn get_name(&self, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url("/name"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    async fn readyz(&self) -> u16 {
+        self.client
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Supabase-shaped user claims for the demo profile, issued by `issuer`, valid for an hour.
+fn claims(issuer: &str) -> Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    json!({
+        "iss": issuer,
+        "sub": DEMO_USER,
+        "aud": "authenticated",
+        "exp": now + 3600,
+        "iat": now,
+        "email": "demo@example.com",
+        "role": "authenticated",
+        "aal": "aal1",
+        "session_id": "0e6d1c3a-6f0e-4b8e-8d51-2f7c9a1b3c4d",
+        "is_anonymous": false,
+    })
+}
+
+/// Signs `claims` with our own `jsonwebtoken`, naming `kid` in the header.
+fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).expect("sign")
+}
+
+fn es256_key() -> EncodingKey {
+    EncodingKey::from_ec_pem(ES256_PEM.as_bytes()).expect("es256 pem")
+}
+
+fn es256_token(app: &App) -> String {
+    sign(
+        Algorithm::ES256,
+        Some("es256-key"),
+        &es256_key(),
+        &claims(&app.issuer),
+    )
+}
+
+/// ES256 with a `kid` the set does not have (signed by a key the set has: the kid decides).
+fn unknown_kid_token(app: &App, kid: &str) -> String {
+    sign(
+        Algorithm::ES256,
+        Some(kid),
+        &es256_key(),
+        &claims(&app.issuer),
+    )
+}
+
+fn b64(value: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+}
+
+async fn assert_demo_user(response: reqwest::Response, what: &str) {
+    assert_eq!(response.status(), 200, "{what}");
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body, json!({"full_name": "Demo User"}), "{what}");
+}
+
+/// Asserts the contract's error shape; returns the headers for further checks.
+async fn assert_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+    what: &str,
+) -> reqwest::header::HeaderMap {
+    let headers = response.headers().clone();
+    let got = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(
+        (got, body["error"].as_str()),
+        (status, Some(code)),
+        "{what}: {body}"
+    );
+    if status == 401 {
+        assert_eq!(
+            headers[header::WWW_AUTHENTICATE.as_str()],
+            "Bearer error=\"invalid_token\"",
+            "{what}"
+        );
+    }
+    headers
+}
+
+async fn assert_unavailable(response: reqwest::Response, what: &str) {
+    let headers = assert_error(response, 503, "unavailable", what).await;
+    assert!(
+        headers.contains_key(header::RETRY_AFTER.as_str()),
+        "{what}: no Retry-After"
+    );
+}
+
+// --- tests ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn pyjwt_signed_fixture_tokens_get_the_answers_the_contract_names() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn_for_fixtures(&jwks).await;
+    app.wait_until_keys_loaded().await;
+
+    let tokens = fixture_tokens();
+    let cases = tokens["cases"].as_object().expect("cases");
+    assert!(cases.len() >= 20);
+    for (name, case) in cases {
+        let response = app.get_name(case["token"].as_str().expect("token")).await;
+        let status = u16::try_from(case["status"].as_u64().expect("status")).expect("u16");
+        match case["error"].as_str() {
+            None => assert_demo_user(response, name).await,
+            Some(code) => {
+                assert_error(response, status, code, name).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_jwk_maps_to_one_algorithm_and_contradicting_or_foreign_entries_are_skipped() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn_for_fixtures(&jwks).await;
+    app.wait_until_keys_loaded().await;
+
+    let kids = app.key_set().kids();
+    let expected = [
+        ("eddsa-key", Algorithm::EdDSA),
+        ("es256-key", Algorithm::ES256),
+        // No `alg` in its JWK: the type's one algorithm.
+        ("es256-noalg", Algorithm::ES256),
+        ("rs256-key", Algorithm::RS256),
+    ];
+    let kids: Vec<(&str, Algorithm)> = kids.iter().map(|(k, a)| (k.as_str(), *a)).collect();
+    // Skipped: RSA with alg ES256, P-384, use=enc, 1024-bit RSA, oct.
+    assert_eq!(kids, expected);
+    assert_eq!(
+        kids.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        FIXTURE_KIDS
+    );
+}
+
+#[tokio::test]
+async fn tokens_signed_at_test_time_with_es256_rs256_and_eddsa_are_accepted() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    // Issuer derived from SUPABASE_URL: <base>/auth/v1.
+    let app = App::spawn(&jwks, |_| {}).await;
+    assert_eq!(app.issuer, format!("{}/auth/v1", jwks.base));
+    app.wait_until_keys_loaded().await;
+
+    let cases = [
+        (
+            Algorithm::ES256,
+            "es256-key",
+            EncodingKey::from_ec_pem(ES256_PEM.as_bytes()),
+        ),
+        (
+            Algorithm::RS256,
+            "rs256-key",
+            EncodingKey::from_rsa_pem(RS256_PEM.as_bytes()),
+        ),
+        (
+            Algorithm::EdDSA,
+            "eddsa-key",
+            EncodingKey::from_ed_pem(EDDSA_PEM.as_bytes()),
+        ),
+    ];
+    for (alg, kid, key) in cases {
+        let token = sign(alg, Some(kid), &key.expect("pem"), &claims(&app.issuer));
+        assert_demo_user(app.get_name(&token).await, kid).await;
+        let me: Value = app
+            .client
+            .get(app.url("/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(me["id"], DEMO_USER, "{kid}");
+    }
+    // All from the one fetch made at start.
+    assert_eq!(jwks.fetches(), 1);
+}
+
+#[tokio::test]
+async fn algorithm_and_key_mismatches_are_invalid_token() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+    let claims = claims(&app.issuer);
+    let es256_x = fixture_jwks()["keys"][0]["x"]
+        .as_str()
+        .expect("x")
+        .to_owned();
+
+    let cases = [
+        (
+            "ES256 header naming the RSA key's kid",
+            sign(Algorithm::ES256, Some("rs256-key"), &es256_key(), &claims),
+        ),
+        (
+            "RS256 header naming the EC key's kid",
+            sign(
+                Algorithm::RS256,
+                Some("es256-key"),
+                &EncodingKey::from_rsa_pem(RS256_PEM.as_bytes()).expect("pem"),
+                &claims,
+            ),
+        ),
+        (
+            "HS256 signed with the EC public key's PEM",
+            sign(
+                Algorithm::HS256,
+                Some("es256-key"),
+                &EncodingKey::from_secret(ES256_PUBLIC_PEM.as_bytes()),
+                &claims,
+            ),
+        ),
+        (
+            "HS256 signed with the EC JWK's x",
+            sign(
+                Algorithm::HS256,
+                Some("es256-key"),
+                &EncodingKey::from_secret(es256_x.as_bytes()),
+                &claims,
+            ),
+        ),
+        (
+            "alg none naming a real kid",
+            format!(
+                "{}.{}.",
+                b64(&json!({"alg": "none", "typ": "JWT", "kid": "es256-key"})),
+                b64(&claims)
+            ),
+        ),
+        (
+            "ES256 without a kid",
+            sign(Algorithm::ES256, None, &es256_key(), &claims),
+        ),
+        (
+            "ES256 signed by a key that is not the kid's",
+            sign(
+                Algorithm::ES256,
+                Some("es256-key"),
+                &EncodingKey::from_ec_pem(ES256_STANDBY_PEM.as_bytes()).expect("pem"),
+                &claims,
+            ),
+        ),
+    ];
+    for (what, token) in cases {
+        assert_error(app.get_name(&token).await, 401, "invalid_token", what).await;
+    }
+}
+
+#[tokio::test]
+async fn a_key_added_to_the_set_is_accepted_right_away_without_restart() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+    assert_eq!(jwks.fetches(), 1);
+    let standby = sign(
+        Algorithm::ES256,
+        Some("es256-standby"),
+        &EncodingKey::from_ec_pem(ES256_STANDBY_PEM.as_bytes()).expect("pem"),
+        &claims(&app.issuer),
+    );
+
+    // The project rotates: the standby key appears in the set and starts signing.
+    jwks.set(Mode::Serve(fixture_jwks_with_standby()));
+    assert_demo_user(app.get_name(&standby).await, "standby key after rotation").await;
+    assert_eq!(jwks.fetches(), 2, "one refetch for the unknown kid");
+    // The previous key keeps working, and neither needs another fetch.
+    assert_demo_user(app.get_name(&es256_token(&app)).await, "previous key").await;
+    assert_demo_user(app.get_name(&standby).await, "standby key again").await;
+    assert_eq!(jwks.fetches(), 2);
+}
+
+#[tokio::test]
+async fn an_unknown_kid_within_the_cooldown_is_rejected_without_another_fetch() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+
+    let first = unknown_kid_token(&app, "not-in-the-set");
+    assert_error(
+        app.get_name(&first).await,
+        401,
+        "invalid_token",
+        "unknown kid",
+    )
+    .await;
+    assert_eq!(jwks.fetches(), 2, "one refetch for the unknown kid");
+    let second = unknown_kid_token(&app, "also-not-in-the-set");
+    assert_error(app.get_name(&second).await, 401, "invalid_token", "second").await;
+    assert_eq!(
+        jwks.fetches(),
+        2,
+        "the cooldown holds further refetches back"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_unknown_kid_tokens_shares_one_fetch() {
+    const FLOOD: usize = 500;
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = Arc::new(App::spawn(&jwks, |_| {}).await);
+    app.wait_until_keys_loaded().await;
+    assert_eq!(jwks.fetches(), 1);
+
+    // The refetch is held open while the flood arrives, so the requests really overlap it.
+    jwks.set(Mode::Hold(Box::new(Mode::Serve(fixture_jwks()))));
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..FLOOD {
+        let app = Arc::clone(&app);
+        flood.spawn(async move {
+            let token = unknown_kid_token(&app, &format!("flood-{i}"));
+            let response = app.get_name(&token).await;
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("JSON");
+            (status, body["error"].as_str().map(str::to_owned))
+        });
+    }
+    jwks.wait_for_fetches(2).await;
+    jwks.release();
+    let mut answered = 0;
+    while let Some(result) = flood.join_next().await {
+        let (status, code) = result.expect("request task");
+        assert_eq!((status, code.as_deref()), (401, Some("invalid_token")));
+        answered += 1;
+    }
+    assert_eq!(answered, FLOOD);
+    assert_eq!(
+        jwks.fetches(),
+        2,
+        "the start-up fetch and one shared refetch"
+    );
+}
+
+#[tokio::test]
+async fn when_the_key_set_server_fails_cached_keys_work_and_unknown_kids_get_503() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+
+    jwks.set(Mode::Fail);
+    assert_demo_user(app.get_name(&es256_token(&app)).await, "cached key").await;
+    let unknown = unknown_kid_token(&app, "rotated-in-while-down");
+    assert_unavailable(app.get_name(&unknown).await, "unknown kid, set down").await;
+    assert!(jwks.fetches() >= 2, "the unknown kid caused a refetch");
+    // Inside the cooldown the answer is still 503, not 401: nothing fresh says the kid is bad.
+    assert_unavailable(app.get_name(&unknown).await, "again, within cooldown").await;
+    // A failed refresh keeps the last good keys, and readiness.
+    assert!(app.key_set().refresh().await.is_err());
+    assert_demo_user(app.get_name(&es256_token(&app)).await, "after failures").await;
+    assert_eq!(app.readyz().await, 200);
+
+    // Once the server is back, an explicit refresh brings the rotated set in.
+    jwks.set(Mode::Serve(fixture_jwks()));
+    assert_eq!(app.key_set().refresh().await, Ok(FIXTURE_KIDS.len()));
+}
+
+#[tokio::test]
+async fn a_hanging_key_set_server_never_holds_up_tokens_with_known_kids() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = Arc::new(App::spawn(&jwks, |_| {}).await);
+    app.wait_until_keys_loaded().await;
+
+    jwks.set(Mode::Hold(Box::new(Mode::Fail)));
+    let waiting = {
+        let app = Arc::clone(&app);
+        tokio::spawn(async move {
+            let token = unknown_kid_token(&app, "while-hanging");
+            app.get_name(&token).await
+        })
+    };
+    jwks.wait_for_fetches(2).await;
+    // The refetch is stuck; a token whose kid is cached is answered anyway.
+    assert_demo_user(app.get_name(&es256_token(&app)).await, "known kid").await;
+    assert!(
+        !waiting.is_finished(),
+        "the unknown-kid request waits for the fetch"
+    );
+    jwks.release();
+    let response = waiting.await.expect("request task");
+    assert_unavailable(response, "unknown kid after a failed fetch").await;
+}
+
+#[tokio::test]
+async fn startup_does_not_wait_for_the_key_set_and_readyz_is_503_until_it_loads() {
+    let jwks = JwksServer::start(Mode::Hold(Box::new(Mode::Fail))).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    // The first fetch is stuck, yet the service is up and HS256 works.
+    jwks.wait_for_fetches(1).await;
+    assert_eq!(app.readyz().await, 503);
+    let hs256 = sign(
+        Algorithm::HS256,
+        Some("legacy"),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &claims(&app.issuer),
+    );
+    assert_demo_user(app.get_name(&hs256).await, "HS256 while the key set hangs").await;
+
+    // The first fetch fails: still not ready, and a signed token cannot be checked (503).
+    jwks.set(Mode::Fail);
+    jwks.release();
+    assert!(app.key_set().refresh().await.is_err());
+    assert!(!app.key_set().is_ready());
+    assert_eq!(app.readyz().await, 503);
+    assert_unavailable(
+        app.get_name(&es256_token(&app)).await,
+        "no key set loaded yet",
+    )
+    .await;
+
+    jwks.set(Mode::Serve(fixture_jwks()));
+    assert_eq!(app.key_set().refresh().await, Ok(FIXTURE_KIDS.len()));
+    assert_eq!(app.readyz().await, 200);
+    assert_demo_user(app.get_name(&es256_token(&app)).await, "after loading").await;
+}
+
+#[tokio::test]
+async fn a_legacy_only_project_with_an_empty_key_set_still_accepts_hs256() {
+    let jwks = JwksServer::start(Mode::Serve(json!({"keys": []}))).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+    assert_eq!(app.readyz().await, 200);
+
+    // Supabase puts a kid on legacy HS256 tokens too: it must not send us to the key set.
+    let hs256 = sign(
+        Algorithm::HS256,
+        Some("legacy-kid"),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        &claims(&app.issuer),
+    );
+    assert_demo_user(app.get_name(&hs256).await, "HS256 with a kid").await;
+    assert_eq!(jwks.fetches(), 1, "HS256 never touches the key set");
+    assert_error(
+        app.get_name(&es256_token(&app)).await,
+        401,
+        "invalid_token",
+        "ES256 against an empty set",
+    )
+    .await;
+}
