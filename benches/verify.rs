@@ -42,9 +42,15 @@ fn corrupt_signature(token: &str) -> String {
     String::from_utf8(bytes).expect("ascii")
 }
 
-fn verifier() -> Verifier {
+/// A verifier over the fixture key set; `cache` turns the verified-token cache on or off.
+fn build_verifier(cache: bool) -> Verifier {
     let mut config = Config::for_tests("sqlite://bench-unused.db", SECRET).expect("config");
     config.issuer = Some(ISSUER.to_owned());
+    if !cache {
+        // Every iteration verifies the same token: with the cache on, all but the first would
+        // be lookups, not verifications.
+        config.token_cache_size = 0;
+    }
     let key_set = KeySet::from_jwks_json(
         format!("{ISSUER}/.well-known/jwks.json")
             .parse()
@@ -59,7 +65,7 @@ fn bench_verify(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let verifier = verifier();
+    let verifier = build_verifier(false);
     let pem = |name: &str| -> Vec<u8> {
         std::fs::read(format!(
             "{}/tests/fixtures/jwks/keys/{name}.pem",
@@ -127,6 +133,15 @@ fn bench_verify(c: &mut Criterion) {
                 .iter(|| async { black_box(verifier.verify(black_box(token)).await) });
         });
     }
+
+    // For comparison: the same ES256 token answered from the verified-token cache.
+    let cached = build_verifier(true);
+    let (_, es256_token, _) = &cases[1];
+    assert!(runtime.block_on(cached.verify(es256_token)).is_ok());
+    group.bench_function("es256_cache_hit", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(cached.verify(black_box(es256_token)).await) });
+    });
     group.finish();
 }
 

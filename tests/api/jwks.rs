@@ -701,3 +701,32 @@ async fn a_legacy_only_project_with_an_empty_key_set_still_accepts_hs256() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_cached_token_is_refused_once_its_key_leaves_the_set() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks_with_standby())).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+    let token = es256_token(&app);
+    for _ in 0..2 {
+        assert_demo_user(app.get_name(&token).await, "before revocation").await;
+    }
+    assert_eq!(app.state.verifier.cache().len(), 1, "the token is cached");
+
+    // The project revokes es256-key: it disappears from the set at the next refresh.
+    let mut revoked = fixture_jwks_with_standby();
+    revoked["keys"]
+        .as_array_mut()
+        .expect("keys")
+        .retain(|k| k["kid"] != "es256-key");
+    jwks.set(Mode::Serve(revoked));
+    assert_eq!(app.key_set().refresh().await, Ok(FIXTURE_KIDS.len()));
+    assert!(!app.key_set().has_key("es256-key"));
+    assert_error(
+        app.get_name(&token).await,
+        401,
+        "invalid_token",
+        "cached token of a revoked key",
+    )
+    .await;
+}
