@@ -378,7 +378,8 @@ async fn refresher(
     let mut failures: u32 = 0;
     // Readers who asked at or before this tick have been (or are being) answered.
     let mut handled: u64 = 0;
-    let mut previous_summary = String::new();
+    // What the last good fetch loaded (`None` before the first): logged in full only on change.
+    let mut previous_summary: Option<String> = None;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
@@ -418,7 +419,7 @@ async fn refresher(
             Ok(fetched) => {
                 let count = fetched.keys.len();
                 let summary = summarize(&fetched.keys);
-                let changed = summary != previous_summary;
+                let changed = previous_summary.as_deref() != Some(summary.as_str());
                 key_set.swap(Keys {
                     by_kid: fetched.keys,
                     fetched_at: Some(Instant::now()),
@@ -451,7 +452,7 @@ async fn refresher(
                         "key set refreshed, unchanged"
                     );
                 }
-                previous_summary = summary;
+                previous_summary = Some(summary);
                 failures = 0;
                 Ok(count)
             }
