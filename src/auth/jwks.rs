@@ -31,6 +31,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::AuthError;
+use crate::telemetry::metrics;
 
 /// The `tracing` target of every key-set event.
 const TARGET: &str = "supabase_jwt_service::jwks";
@@ -91,15 +92,28 @@ pub enum KeySetError {
     /// The body is larger than a key set has any reason to be.
     #[error("body larger than {MAX_BODY_BYTES} bytes")]
     TooLarge,
-    /// No answer within the fetch limit.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
+    /// No answer in time (the HTTP client's timeouts, or the fetch limit).
+    #[error("no answer in time")]
+    Timeout,
     /// No background task fetches this key set (created outside a Tokio runtime).
     #[error("no refresher is running for this key set")]
     NotRunning,
     /// A key set built from fixed keys; it is never fetched.
     #[error("this key set has fixed keys and is never fetched")]
     Fixed,
+}
+
+impl KeySetError {
+    /// A fixed label for the `jwks_fetches_total` counter.
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Request(_) => "error",
+            Self::Status(_) => "http_error",
+            Self::Document(_) | Self::TooLarge => "invalid",
+            Self::Timeout => "timeout",
+            Self::NotRunning | Self::Fixed => "not_fetched",
+        }
+    }
 }
 
 /// One immutable snapshot of the usable keys.
@@ -321,7 +335,7 @@ impl KeySet {
         match waited {
             Ok(Ok(latest)) => latest.last.clone().unwrap_or(Err(KeySetError::NotRunning)),
             Ok(Err(_)) => Err(KeySetError::NotRunning),
-            Err(_) => Err(KeySetError::Timeout(WAIT_LIMIT * 2)),
+            Err(_) => Err(KeySetError::Timeout),
         }
     }
 
@@ -413,7 +427,7 @@ async fn refresher(
 
         let result = match tokio::time::timeout(FETCH_LIMIT, fetch(&client, &key_set.url)).await {
             Ok(result) => result,
-            Err(_) => Err(KeySetError::Timeout(FETCH_LIMIT)),
+            Err(_) => Err(KeySetError::Timeout),
         };
         let outcome = match result {
             Ok(fetched) => {
@@ -454,10 +468,13 @@ async fn refresher(
                 }
                 previous_summary = Some(summary);
                 failures = 0;
+                metrics::jwks_fetch("ok");
+                metrics::jwks_keys_loaded(count);
                 Ok(count)
             }
             Err(error) => {
                 failures = failures.saturating_add(1);
+                metrics::jwks_fetch(error.metric_label());
                 let retry_in = retry_interval(failures);
                 next = Instant::now() + retry_in;
                 let age_s = key_set.age().map(|a| a.as_secs());
@@ -500,7 +517,7 @@ async fn fetch(client: &reqwest::Client, url: &Url) -> Result<Fetched, KeySetErr
         .header(ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| KeySetError::Request(e.to_string()))?;
+        .map_err(request_error)?;
     if !response.status().is_success() {
         return Err(KeySetError::Status(response.status().as_u16()));
     }
@@ -512,11 +529,7 @@ async fn fetch(client: &reqwest::Client, url: &Url) -> Result<Fetched, KeySetErr
         return Err(KeySetError::TooLarge);
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| KeySetError::Request(e.to_string()))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(request_error)? {
         if body.len() + chunk.len() > MAX_BODY_BYTES {
             return Err(KeySetError::TooLarge);
         }
@@ -528,6 +541,14 @@ async fn fetch(client: &reqwest::Client, url: &Url) -> Result<Fetched, KeySetErr
         skipped: parsed.skipped,
         lifetime,
     })
+}
+
+fn request_error(e: reqwest::Error) -> KeySetError {
+    if e.is_timeout() {
+        KeySetError::Timeout
+    } else {
+        KeySetError::Request(e.to_string())
+    }
 }
 
 /// `kid:alg` pairs, sorted: what the logs say was loaded (never key material).

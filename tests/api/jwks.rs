@@ -730,3 +730,35 @@ async fn a_cached_token_is_refused_once_its_key_leaves_the_set() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn key_set_fetches_and_loaded_keys_are_counted_in_metrics() {
+    // This test's own recorder: the current-thread runtime runs the app, its refresher and
+    // this test on one thread, so other tests never add to these counts.
+    let recorder = supabase_jwt_service::telemetry::metrics::recorder();
+    let handle = recorder.handle();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+    let text = handle.render();
+    assert!(
+        text.contains(r#"jwks_fetches_total{result="ok"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains("jwks_keys_loaded 4"), "{text}");
+
+    jwks.set(Mode::Fail);
+    let unknown = unknown_kid_token(&app, "counted");
+    assert_unavailable(app.get_name(&unknown).await, "unknown kid, set down").await;
+    let text = handle.render();
+    assert!(
+        text.contains(r#"jwks_fetches_total{result="http_error"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("jwks_keys_loaded 4"),
+        "a failed fetch keeps the loaded keys: {text}"
+    );
+}
