@@ -50,6 +50,42 @@ fn begin_as_sql(claims_json: &str) -> String {
     )
 }
 
+/// The read of one request as a single simple-protocol message: under `DB_RLS=on` it first
+/// sets `role` and `request.jwt.claims` with `SET LOCAL`, then selects the profile (and the
+/// session's state). The statements of one simple `Query` message run as one implicit
+/// transaction (PostgreSQL protocol docs, "Multiple Statements in a Simple Query"), so the
+/// settings hold for the select and end with it, an error rolls back everything, and no
+/// state can outlive the message, even when the caller gives up mid-flight. Through a
+/// transaction-mode pooler the message is one transaction on one backend, and it names no
+/// prepared statement.
+///
+/// The role switch and the select are separate statements on purpose: a policy is applied
+/// when a statement is planned, under the role current then.
+///
+/// Only values we produced or checked are inlined: the ids are canonical UUIDs (parsed, then
+/// printed by `uuid`), and the claims go through [`quote_literal`].
+fn read_in_one_message(rls: bool, claims: &Claims, session: Option<Uuid>) -> String {
+    let mut sql = String::with_capacity(256 + claims.raw_json().len());
+    if rls {
+        sql.push_str("set local role authenticated; set local request.jwt.claims = ");
+        sql.push_str(&quote_literal(claims.raw_json()));
+        sql.push_str("; ");
+    }
+    let sub = claims.sub.uuid().hyphenated();
+    match session {
+        Some(session) => sql.push_str(&format!(
+            "select jwt_service.session_active('{}'::uuid, '{sub}'::uuid) as session_active, \
+             u.id, u.full_name, u.avatar_url \
+             from (select 1) as one left join public.users u on u.id = '{sub}'::uuid",
+            session.hyphenated()
+        )),
+        None => sql.push_str(&format!(
+            "select id, full_name, avatar_url from public.users where id = '{sub}'::uuid"
+        )),
+    }
+    sql
+}
+
 /// Quotes `text` as a PostgreSQL escape-string literal, `E'…'`: every backslash and quote is
 /// doubled, so the literal ends exactly where we end it, whatever the text holds. The `E` form
 /// reads backslashes the same way whatever `standard_conforming_strings` says; sqlx connects
@@ -229,41 +265,42 @@ impl UserStore for PgStore {
             } else {
                 None
             };
-            let mut tx = self.begin_for(claims).await?;
-            let user = match session {
-                Some(session) => {
-                    let row = sqlx::query(SELECT_PROFILE_AND_SESSION)
+            let row = if !self.rls && self.prepared {
+                // Direct connection, no RLS: one named prepared statement, the cheapest
+                // query Postgres can answer; a single statement needs no explicit transaction.
+                let query = match session {
+                    Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
                         .bind(claims.sub.uuid())
-                        .bind(session)
-                        .persistent(self.prepared)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(StoreError::unavailable)?;
-                    let active: bool = row
-                        .try_get("session_active")
-                        .map_err(StoreError::unavailable)?;
-                    if !active {
-                        return Err(StoreError::SessionEnded);
-                    }
-                    row_to_user(&row)?
-                }
-                None => match sqlx::query(SELECT_PROFILE)
-                    .bind(claims.sub.uuid())
-                    .persistent(self.prepared)
-                    .fetch_optional(&mut *tx)
+                        .bind(session),
+                    None => sqlx::query(SELECT_PROFILE).bind(claims.sub.uuid()),
+                };
+                query
+                    .fetch_optional(&self.pool)
                     .await
                     .map_err(StoreError::unavailable)?
-                {
-                    Some(row) => row_to_user(&row)?,
-                    None => None,
-                },
+            } else {
+                // Everything else in one simple-protocol message, one round trip (see
+                // `read_in_one_message`).
+                sqlx::raw_sql(AssertSqlSafe(read_in_one_message(
+                    self.rls, claims, session,
+                )))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::unavailable)?
+                .pop()
             };
-            // A read has nothing to commit: dropping the transaction queues its ROLLBACK,
-            // which the pool sends with the test it runs on every returned connection, in one
-            // round trip and after the answer has gone out, instead of a COMMIT round trip
-            // here followed by that test.
-            drop(tx);
-            Ok(user)
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            if session.is_some() {
+                let active: bool = row
+                    .try_get("session_active")
+                    .map_err(StoreError::unavailable)?;
+                if !active {
+                    return Err(StoreError::SessionEnded);
+                }
+            }
+            row_to_user(&row)
         }))
     }
 

@@ -161,12 +161,13 @@ fn pooler_prepared_statements_auto_turns_off_for_the_pooler_url() {
 /// 3. a second `GET /name` has to run on a new server.
 ///
 /// Returns the count from step 2 and the status of step 3.
-async fn requests_across_a_server_switch(db: &TestDb, prepared: &str) -> (i64, u16) {
+async fn requests_across_a_server_switch(db: &TestDb, prepared: &str, rls: &str) -> (i64, u16) {
     let user = Uuid::new_v4();
     db.seed_user(user, Some("Ada")).await;
     let config = pooler_config(db, |raw| {
         raw.db_max_connections = Some("1".into());
         raw.db_prepared_statements = Some(prepared.into());
+        raw.db_rls = Some(rls.into());
     });
     let store = PgStore::connect_lazy(&config).unwrap();
     let app = TestApp::spawn_over(config, store.clone()).await;
@@ -201,7 +202,21 @@ async fn requests_across_a_server_switch(db: &TestDb, prepared: &str) -> (i64, u
 #[tokio::test]
 async fn pooler_auto_uses_unnamed_statements_that_survive_a_server_switch() {
     let db = TestDb::new().await;
-    let (named, second) = requests_across_a_server_switch(&db, "auto").await;
+    for rls in ["on", "off"] {
+        let (named, second) = requests_across_a_server_switch(&db, "auto", rls).await;
+        assert_eq!(
+            (named, second),
+            (0, 200),
+            "DB_RLS={rls}: auto left named statements, or the second request failed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pooler_reads_under_rls_name_no_statement_even_with_prepared_statements_on() {
+    // The RLS read is one simple-protocol message, so it is pooler-safe whatever the setting.
+    let db = TestDb::new().await;
+    let (named, second) = requests_across_a_server_switch(&db, "on", "on").await;
     assert_eq!(
         (named, second),
         (0, 200),
@@ -214,7 +229,8 @@ async fn pooler_named_prepared_statements_fail_once_pgbouncer_switches_servers()
     // Why auto turns them off: PgBouncer 1.18 in transaction mode does not carry a statement
     // prepared on one server to the next, so the cached statement is missing there.
     let db = TestDb::new().await;
-    let (named, second) = requests_across_a_server_switch(&db, "on").await;
+    // DB_RLS=off on a direct-looking setting takes the named-statement fast path.
+    let (named, second) = requests_across_a_server_switch(&db, "on", "off").await;
     assert!(
         named >= 1,
         "the first request should have prepared a named statement"
