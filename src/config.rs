@@ -245,6 +245,22 @@ pub struct RawConfig {
     /// Add a `Server-Timing` header (auth and database time) to responses: on|off [default: off]
     #[arg(long, env = "SERVER_TIMING", global = true, hide_env_values = true)]
     pub server_timing: Option<String>,
+    /// How long a client may take to send a request's headers, in seconds [default: 10]
+    #[arg(
+        long,
+        env = "HEADER_READ_TIMEOUT_SECONDS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub header_read_timeout_seconds: Option<String>,
+    /// Most HTTP connections served at once; past it new ones wait to be accepted [default: 10000]
+    #[arg(
+        long,
+        env = "HTTP_MAX_CONNECTIONS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub http_max_connections: Option<String>,
 }
 
 /// Typed, validated configuration. All fields are public so tests and embedding binaries can
@@ -296,6 +312,10 @@ pub struct Config {
     /// Answer with a `Server-Timing` header. Off by default: it tells anyone how long our
     /// database and verification take, which is for debugging, not for the public.
     pub server_timing: bool,
+    /// How long a client may take to send a request's headers (also the idle keep-alive time).
+    pub header_read_timeout: Duration,
+    /// Most HTTP connections served at once.
+    pub http_max_connections: usize,
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
@@ -505,6 +525,25 @@ impl Config {
             10.0,
             600.0,
         )?;
+        let header_read_timeout = parse_seconds(
+            "HEADER_READ_TIMEOUT_SECONDS",
+            non_empty(&raw.header_read_timeout_seconds),
+            10.0,
+            600.0,
+        )?;
+        let http_max_connections = match non_empty(&raw.http_max_connections) {
+            None => 10_000,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|v| (1..=1_000_000).contains(v))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "HTTP_MAX_CONNECTIONS",
+                        "must be a whole number from 1 to 1000000",
+                    )
+                })?,
+        };
 
         let token_cache_size = match non_empty(&raw.jwt_cache_size) {
             None => 4096,
@@ -541,6 +580,8 @@ impl Config {
             shutdown_timeout,
             token_cache_size,
             server_timing,
+            header_read_timeout,
+            http_max_connections,
         })
     }
 
@@ -722,6 +763,14 @@ mod tests {
             (
                 |r| r.server_timing = Some("sometimes".into()),
                 "SERVER_TIMING",
+            ),
+            (
+                |r| r.header_read_timeout_seconds = Some("0".into()),
+                "HEADER_READ_TIMEOUT_SECONDS",
+            ),
+            (
+                |r| r.http_max_connections = Some("0".into()),
+                "HTTP_MAX_CONNECTIONS",
             ),
             (
                 |r| r.supabase_jwt_secret = Some("short".into()),

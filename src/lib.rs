@@ -8,11 +8,11 @@ pub mod config;
 pub mod error;
 pub mod mint;
 pub mod routes;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ pub use auth::{Claims, ValidUser, Verifier};
 pub use config::{Config, ConfigError};
 pub use error::ApiError;
 pub use routes::router;
+pub use server::serve;
 pub use state::{AppState, ShutdownFlag};
 pub use store::{Instrumented, PgStore, SqliteStore, UserStore};
 
@@ -176,40 +177,6 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
-    }
-}
-
-/// Serves `state` on `listener` until `shutdown` resolves, then stops accepting, turns
-/// `/readyz` to 503 and lets in-flight requests finish for up to `SHUTDOWN_TIMEOUT_SECONDS`.
-pub async fn serve(
-    listener: TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let drain = state.config.shutdown_timeout;
-    let flag = state.shutdown.clone();
-    let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-    let app = router(state);
-    let signal = async move {
-        shutdown.await;
-        flag.begin();
-        tracing::info!(?drain, "shutdown: draining in-flight requests");
-        let _ = begun_tx.send(());
-    };
-    let server = axum::serve(listener, app.into_make_service()).with_graceful_shutdown(signal);
-    let mut server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = &mut server => result,
-        () = async {
-            if begun_rx.await.is_ok() {
-                tokio::time::sleep(drain).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        } => {
-            tracing::warn!("shutdown: drain timeout reached, closing remaining connections");
-            Ok(())
-        }
     }
 }
 
