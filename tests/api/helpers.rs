@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -381,5 +383,157 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+}
+
+/// A Postgres cluster of the test's own, so stopping it disturbs no other test.
+pub struct PrivatePg {
+    dir: tempfile::TempDir,
+    /// Its loopback port.
+    pub port: u16,
+    frozen: Vec<u32>,
+}
+
+fn pg_command(program: &str) -> Command {
+    let bin_dir =
+        PathBuf::from(std::env::var("TEST_PG_BIN_DIR").expect("TEST_PG_BIN_DIR: run scripts/test"));
+    let run_as = std::env::var("TEST_PG_RUN_AS").unwrap_or_default();
+    let mut words = run_as.split_whitespace();
+    match words.next() {
+        Some(first) => {
+            let mut cmd = Command::new(first);
+            cmd.args(words).arg(bin_dir.join(program));
+            cmd
+        }
+        None => Command::new(bin_dir.join(program)),
+    }
+}
+
+fn check(cmd: &mut Command) {
+    let out = cmd.output().expect("run postgres tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl PrivatePg {
+    /// Creates and starts a cluster on a free loopback port.
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("sjs-pg").tempdir().unwrap();
+        // The server runs as an unprivileged user when the tests run as root.
+        let _ = Command::new("chmod")
+            .args(["777", dir.path().to_str().unwrap()])
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let data = dir.path().join("data");
+        check(pg_command("initdb").args([
+            "-D",
+            data.to_str().unwrap(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]));
+        let pg = Self {
+            dir,
+            port,
+            frozen: Vec::new(),
+        };
+        pg.pg_ctl_start();
+        pg
+    }
+
+    /// The data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Superuser URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts (or restarts) the server.
+    pub fn pg_ctl_start(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("pg.log");
+        check(pg_command("pg_ctl").args([
+            "-D",
+            self.data().to_str().unwrap(),
+            "-l",
+            log.to_str().unwrap(),
+            "-w",
+            "-o",
+            &opts,
+            "start",
+        ]));
+    }
+
+    /// Stops the server at once (`-m immediate`): clients see refused connections.
+    pub fn stop(&self) {
+        check(pg_command("pg_ctl").args([
+            "-D",
+            self.data().to_str().unwrap(),
+            "-m",
+            "immediate",
+            "-w",
+            "stop",
+        ]));
+    }
+
+    /// SIGSTOP the postmaster and every backend: connections hang instead of failing.
+    pub fn freeze(&mut self) {
+        let pid_file = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
+        let postmaster: u32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+        let children = Command::new("pgrep")
+            .args(["-P", &postmaster.to_string()])
+            .output()
+            .unwrap();
+        let mut pids = vec![postmaster];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok()),
+        );
+        for pid in &pids {
+            let _ = Command::new("kill")
+                .args(["-STOP", &pid.to_string()])
+                .status();
+        }
+        self.frozen = pids;
+    }
+
+    /// Resumes every process `freeze` stopped.
+    pub fn thaw(&mut self) {
+        for pid in self.frozen.drain(..) {
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        self.thaw();
+        let _ = pg_command("pg_ctl")
+            .args([
+                "-D",
+                self.data().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
     }
 }
