@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
                 ApiError::Internal.into_response()
             },
         ))
+        .layer(middleware::from_fn(refuse_oversized_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     Router::new()
         .merge(name::routes())
@@ -150,6 +151,21 @@ async fn bound_request(limit: Duration, req: Request, next: Next) -> Response {
             ApiError::Unavailable.into_response()
         }
     }
+}
+
+/// Answers 413 at once when the declared `Content-Length` is over [`MAX_BODY_BYTES`]. The body
+/// limit alone only trips once that many bytes arrive, so a client announcing a huge body and
+/// sending none would hold its request until the request timeout.
+async fn refuse_oversized_body(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return ApiError::PayloadTooLarge.into_response();
+    }
+    next.run(req).await
 }
 
 fn cors_layer(config: &Config) -> Option<CorsLayer> {

@@ -7,6 +7,7 @@ mod errors;
 mod fixtures;
 mod happy;
 mod helpers;
+mod hostile;
 mod image_env;
 mod jwks;
 mod outage;
