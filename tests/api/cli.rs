@@ -14,7 +14,7 @@ use crate::helpers::*;
 const BIN: &str = env!("CARGO_BIN_EXE_supabase-jwt-service");
 
 /// The binary with a clean environment (no inherited settings), run in `dir`.
-fn bin(dir: &Path) -> Command {
+pub(crate) fn bin(dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -36,14 +36,14 @@ fn free_port() -> u16 {
 }
 
 /// A running `serve`, killed on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
     logs: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Server {
-    fn start(mut cmd: Command) -> Self {
+    pub(crate) fn start(mut cmd: Command) -> Self {
         let port = free_port();
         let mut child = cmd
             .env("PORT", port.to_string())
@@ -73,7 +73,7 @@ impl Server {
         server
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         self.logs.lock().unwrap().clone()
     }
 
@@ -90,11 +90,11 @@ impl Server {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn sigterm(&self) {
+    pub(crate) fn sigterm(&self) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -102,7 +102,7 @@ impl Server {
         assert!(status.success());
     }
 
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -16,3 +16,4 @@ mod prometheus_metrics;
 mod property;
 mod request_logs;
 mod rls;
+mod shutdown;
