@@ -180,6 +180,12 @@ impl Verifier {
         token: &str,
     ) -> Result<(Claims, Option<std::sync::Arc<str>>), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        // RFC 7515 section 4.1.11: a token naming header extensions the recipient must
+        // understand is invalid unless it does. We understand none (Supabase sets none), and
+        // jsonwebtoken reads `crit` without enforcing it.
+        if header.crit.is_some() {
+            return Err(AuthError::Malformed);
+        }
         // The header only says which of *our* keys to try; each key verifies one algorithm.
         let owned_key;
         let (key, alg) = match header.alg {
