@@ -253,7 +253,7 @@ pub struct RawConfig {
         hide_env_values = true
     )]
     pub header_read_timeout_seconds: Option<String>,
-    /// Most HTTP connections served at once; past it new ones wait to be accepted [default: 10000]
+    /// Most HTTP connections served at once; past it new ones wait to be accepted [default: 4096]
     #[arg(
         long,
         env = "HTTP_MAX_CONNECTIONS",
@@ -532,7 +532,7 @@ impl Config {
             600.0,
         )?;
         let http_max_connections = match non_empty(&raw.http_max_connections) {
-            None => 10_000,
+            None => 4096,
             Some(s) => s
                 .parse::<usize>()
                 .ok()

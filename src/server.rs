@@ -50,7 +50,7 @@ pub async fn serve(
         .max_buf_size(MAX_READ_BUFFER_BYTES)
         .keep_alive(true);
 
-    let slots = Arc::new(Semaphore::new(config.http_max_connections));
+    let slots = Arc::new(Semaphore::new(connection_cap(config.http_max_connections)));
     let graceful = GracefulShutdown::new();
     // Flips to true when the drain time is up: connection tasks still running then stop.
     let (close_tx, close_rx) = watch::channel(false);
@@ -96,6 +96,42 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// File descriptors kept free of client connections: the database pool, the metrics listener,
+/// the key-set client, logs.
+const RESERVED_FDS: usize = 128;
+
+/// `HTTP_MAX_CONNECTIONS`, lowered when the process may not open that many files: past the
+/// open-files limit, accepting fails and, worse, so does opening a database connection.
+/// Unlike Go, Rust does not raise the soft limit by itself, and containers often start at 1024.
+fn connection_cap(configured: usize) -> usize {
+    let Some(soft) = open_files_limit() else {
+        return configured;
+    };
+    let room = soft.saturating_sub(RESERVED_FDS).max(1);
+    if room < configured {
+        tracing::warn!(
+            configured,
+            open_files_limit = soft,
+            cap = room,
+            "HTTP_MAX_CONNECTIONS lowered to fit the open-files limit (raise `ulimit -n` to lift it)"
+        );
+        return room;
+    }
+    configured
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux; `None` elsewhere or when
+/// unlimited).
+fn open_files_limit() -> Option<usize> {
+    soft_open_files(&std::fs::read_to_string("/proc/self/limits").ok()?)
+}
+
+/// The soft "Max open files" value of a `/proc/<pid>/limits` text.
+fn soft_open_files(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// Waits for a free connection slot, then for a connection. Waiting for the slot first
@@ -145,4 +181,21 @@ fn is_connection_error(e: &std::io::Error) -> bool {
             | std::io::ErrorKind::ConnectionAborted
             | std::io::ErrorKind::ConnectionReset
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_open_files_limit_is_read_from_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                    Max processes             127431               127431               processes \n\
+                    Max open files            1024                 524288               files     \n";
+        assert_eq!(soft_open_files(text), Some(1024));
+        let unlimited =
+            "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(soft_open_files(unlimited), None);
+        assert_eq!(soft_open_files(""), None);
+    }
 }
