@@ -12,8 +12,9 @@ use uuid::Uuid;
 pub struct UserId(Uuid);
 
 impl UserId {
-    /// Parses the canonical 36-character form only: the braced, URN and hyphenless spellings
-    /// `Uuid` would also accept are not what Supabase issues, so they are refused.
+    /// Parses the hyphenated 36-character form only: the braced, URN and hyphenless spellings
+    /// `Uuid` would also accept are not what Supabase issues, so they are refused. Hex digits
+    /// may be either case (RFC 9562 says to accept both); the id is always printed lower-case.
     pub fn parse(s: &str) -> Option<Self> {
         if s.len() != 36 {
             return None;
