@@ -265,22 +265,15 @@ impl UserStore for PgStore {
             } else {
                 None
             };
-            let row = if !self.rls && self.prepared {
-                // Direct connection, no RLS: one named prepared statement, the cheapest
-                // query Postgres can answer; a single statement needs no explicit transaction.
-                let query = match session {
-                    Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
-                        .bind(claims.sub.uuid())
-                        .bind(session),
-                    None => sqlx::query(SELECT_PROFILE).bind(claims.sub.uuid()),
-                };
-                query
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(StoreError::unavailable)?
-            } else {
-                // Everything else in one simple-protocol message, one round trip (see
-                // `read_in_one_message`).
+            let query = match session {
+                Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
+                    .bind(claims.sub.uuid())
+                    .bind(session),
+                None => sqlx::query(SELECT_PROFILE).bind(claims.sub.uuid()),
+            };
+            let row = if !self.prepared {
+                // Behind a transaction-mode pooler: everything in one simple-protocol
+                // message, one round trip, no statement name (see `read_in_one_message`).
                 sqlx::raw_sql(AssertSqlSafe(read_in_one_message(
                     self.rls, claims, session,
                 )))
@@ -288,6 +281,26 @@ impl UserStore for PgStore {
                 .await
                 .map_err(StoreError::unavailable)?
                 .pop()
+            } else if !self.rls {
+                // Direct connection, no RLS: one named prepared statement, the cheapest
+                // query Postgres can answer; a single statement needs no explicit transaction.
+                query
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::unavailable)?
+            } else {
+                // Direct connection under RLS: the context in one message, then the named
+                // prepared select, whose cached plan saves Postgres more (the policy calls
+                // auth.uid(), which parses the claims) than the one-message form's saved round
+                // trip. Dropping the transaction queues its ROLLBACK, which the pool sends with
+                // its test of the returned connection, after the answer has gone out.
+                let mut tx = self.begin_as(claims).await?;
+                let row = query
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::unavailable)?;
+                drop(tx);
+                row
             };
             let Some(row) = row else {
                 return Ok(None);

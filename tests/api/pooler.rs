@@ -213,18 +213,6 @@ async fn pooler_auto_uses_unnamed_statements_that_survive_a_server_switch() {
 }
 
 #[tokio::test]
-async fn pooler_reads_under_rls_name_no_statement_even_with_prepared_statements_on() {
-    // The RLS read is one simple-protocol message, so it is pooler-safe whatever the setting.
-    let db = TestDb::new().await;
-    let (named, second) = requests_across_a_server_switch(&db, "on", "on").await;
-    assert_eq!(
-        (named, second),
-        (0, 200),
-        "auto left named statements on the server, or the second request failed"
-    );
-}
-
-#[tokio::test]
 async fn pooler_named_prepared_statements_fail_once_pgbouncer_switches_servers() {
     // Why auto turns them off: PgBouncer 1.18 in transaction mode does not carry a statement
     // prepared on one server to the next, so the cached statement is missing there.
