@@ -537,3 +537,15 @@ impl Drop for PrivatePg {
             .output();
     }
 }
+
+/// A token for the demo profile minted by the service's own `mint`, valid for `ttl_seconds`
+/// (negative: already expired).
+pub fn mint_demo_token(config: &Config, ttl_seconds: i64) -> String {
+    let request = supabase_jwt_service::mint::MintRequest {
+        sub: supabase_jwt_service::auth::UserId::parse(DEMO_USER).expect("uuid"),
+        email: None,
+        role: "authenticated".into(),
+        ttl_seconds,
+    };
+    supabase_jwt_service::mint::mint(config, &request).expect("mint")
+}

@@ -9,13 +9,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use supabase_jwt_service::auth::UserId;
-use supabase_jwt_service::mint::{MintRequest, mint};
 use supabase_jwt_service::{Config, build_state, serve, telemetry};
 use tokio::net::TcpListener;
 
 const SECRET: &str = "metrics-test-secret-0123456789abcdefghijk";
-const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
 
 struct Running {
     api: SocketAddr,
@@ -66,13 +63,7 @@ async fn start(handle: PrometheusHandle) -> Running {
 }
 
 fn token(config: &Config, ttl_seconds: i64) -> String {
-    let request = MintRequest {
-        sub: UserId::parse(DEMO_USER).expect("uuid"),
-        email: None,
-        role: "authenticated".into(),
-        ttl_seconds,
-    };
-    mint(config, &request).expect("mint")
+    crate::helpers::mint_demo_token(config, ttl_seconds)
 }
 
 /// One sample of the exposition text: name, labels, value.

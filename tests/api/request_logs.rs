@@ -11,9 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
-use supabase_jwt_service::auth::UserId;
 use supabase_jwt_service::config::LogFormat;
-use supabase_jwt_service::mint::{MintRequest, mint};
 use supabase_jwt_service::{Config, build_state, serve, telemetry};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
@@ -86,13 +84,7 @@ async fn start() -> Running {
 }
 
 fn token(config: &Config, ttl_seconds: i64) -> String {
-    let request = MintRequest {
-        sub: UserId::parse(DEMO_USER).expect("uuid"),
-        email: None,
-        role: "authenticated".into(),
-        ttl_seconds,
-    };
-    mint(config, &request).expect("mint")
+    crate::helpers::mint_demo_token(config, ttl_seconds)
 }
 
 fn completion_line(lines: &[Value], request_id: &str) -> Value {
