@@ -11,6 +11,7 @@ use super::claims::{Claims, UserId};
 use super::jwks::KeySet;
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::telemetry::metrics;
 
 /// Why a request was not authenticated. Internal: the response shows only the mapped
 /// [`ApiError`]; the reason goes to logs and metrics.
@@ -150,10 +151,17 @@ impl Verifier {
     /// Verifies `token` and returns its claims when it is a valid user access token.
     pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let now = jsonwebtoken::get_current_timestamp();
+        if !self.cache.enabled() {
+            return self.verify_uncached(token).await.map(|(claims, _)| claims);
+        }
         let cache_key = match self.cache.get(token, now) {
-            Lookup::Hit(claims, None) => return Ok(claims),
+            Lookup::Hit(claims, None) => {
+                metrics::jwt_cache_lookup("hit");
+                return Ok(claims);
+            }
             Lookup::Hit(claims, Some(kid)) => {
                 if self.key_set.as_ref().is_some_and(|k| k.has_key(&kid)) {
+                    metrics::jwt_cache_lookup("hit");
                     return Ok(claims);
                 }
                 // Its key left the key set: the token is no longer trusted; verify afresh.
@@ -162,6 +170,7 @@ impl Verifier {
             }
             Lookup::Miss(key) => Some(key),
         };
+        metrics::jwt_cache_lookup("miss");
         let (claims, kid) = self.verify_uncached(token).await?;
         if let Some(key) = cache_key {
             self.cache.insert(

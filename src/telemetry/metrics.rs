@@ -31,6 +31,8 @@ pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 /// Token verifications, by `result` (`ok` or an `AuthError::reason()` label).
 pub const AUTH_OUTCOMES_TOTAL: &str = "auth_outcomes_total";
+/// Verified-token cache lookups, by result (`hit`, `miss`).
+pub const JWT_CACHE_LOOKUPS_TOTAL: &str = "jwt_cache_lookups_total";
 /// Time spent in one store call, by `op`.
 pub const DB_QUERY_DURATION_SECONDS: &str = "db_query_duration_seconds";
 /// Store failures, by `kind`.
@@ -109,6 +111,10 @@ pub fn describe() {
         AUTH_OUTCOMES_TOTAL,
         "Bearer token verifications, by result: ok, or why the token was refused"
     );
+    describe_counter!(
+        JWT_CACHE_LOOKUPS_TOTAL,
+        "Verified-token cache lookups, by result: hit (signature check skipped) or miss"
+    );
     describe_histogram!(
         DB_QUERY_DURATION_SECONDS,
         Unit::Seconds,
@@ -164,6 +170,11 @@ fn method_label(method: &Method) -> &'static str {
 /// Counts one finished token verification: `ok`, or the `AuthError::reason()` label.
 pub fn auth_outcome(result: &'static str) {
     counter!(AUTH_OUTCOMES_TOTAL, "result" => result).increment(1);
+}
+
+/// Counts one verified-token cache lookup: `hit` or `miss`.
+pub fn jwt_cache_lookup(result: &'static str) {
+    counter!(JWT_CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
 }
 
 /// Records the duration of one store call (`op`: `profile`, `set_full_name`, `ping`).

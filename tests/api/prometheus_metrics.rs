@@ -188,6 +188,10 @@ async fn each_outcome_is_counted_by_route_status_and_auth_result() {
     assert_eq!(auth("ok"), 1.0, "{text}");
     assert_eq!(auth("missing"), 1.0, "{text}");
     assert_eq!(auth("expired"), 1.0, "{text}");
+    // The valid and the expired token were each looked up once and missed; none was cached
+    // twice.
+    let cache = |result: &str| value(&samples, "jwt_cache_lookups_total", &[("result", result)]);
+    assert_eq!(cache("miss"), 2.0, "{text}");
 
     assert_eq!(
         value(
