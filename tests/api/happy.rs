@@ -233,3 +233,56 @@ async fn verified_tokens_are_cached_and_bad_ones_are_not() {
     assert_eq!(app.get_with_token("/name", &bad).await.status(), 401);
     assert_eq!(app.state.verifier.cache().len(), 1);
 }
+
+#[tokio::test]
+async fn optional_extractors_are_none_only_without_a_header() {
+    use axum::{Router, routing::get};
+    use supabase_jwt_service::ValidUser;
+
+    async fn whoami(user: Option<ValidUser>) -> String {
+        user.map_or_else(
+            || "anonymous".to_owned(),
+            |u| u.profile.full_name.unwrap_or_default(),
+        )
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = supabase_jwt_service::build_state(sqlite_config(dir.path()))
+        .await
+        .unwrap();
+    let app = supabase_jwt_service::router(state.clone()).merge(
+        Router::new()
+            .route("/whoami", get(whoami))
+            .with_state(state),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = format!("http://{addr}/whoami");
+    let c = client();
+
+    assert_eq!(
+        c.get(&url).send().await.unwrap().text().await.unwrap(),
+        "anonymous"
+    );
+    let demo: Uuid = DEMO_USER.parse().unwrap();
+    let r = c
+        .get(&url)
+        .bearer_auth(token_for(demo))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "Demo User");
+    // A bad token is still rejected rather than treated as anonymous.
+    assert_invalid_token(c.get(&url).bearer_auth("not.a.token").send().await.unwrap()).await;
+    assert_error(
+        c.get(&url)
+            .header("authorization", "Basic eDp5")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "missing_token",
+    )
+    .await;
+}
