@@ -12,11 +12,13 @@ use crate::auth::{AuthError, Claims};
 use crate::error::ApiError;
 
 pub mod instrumented;
+pub mod pool;
 pub mod postgres;
 pub mod sqlite;
 
 pub use instrumented::Instrumented;
-pub use postgres::PgStore;
+pub use pool::{ConnPool, Lease};
+pub use postgres::{PgStore, UserTransaction};
 pub use sqlite::SqliteStore;
 
 /// A boxed future, so that [`UserStore`] stays dyn-compatible.

@@ -1,5 +1,6 @@
 """Prints CPU ticks (user+system, all threads) of a process tree: cpu.py PID [PID...].
-Children are included, so a postmaster's pid covers its backends."""
+Children are included, so a postmaster's pid covers its backends, and so are children that
+have exited (cutime+cstime), so a backend that closed during the run still counts."""
 
 import os
 import sys
@@ -8,7 +9,8 @@ import sys
 def stat(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[1]), int(fields[11]) + int(fields[12])  # ppid, utime + stime
+    # ppid; utime + stime + cutime + cstime
+    return int(fields[1]), sum(int(f) for f in fields[11:15])
 
 
 roots = {int(p) for p in sys.argv[1:]}

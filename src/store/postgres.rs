@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions, Postgres, Row, Transaction};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{AssertSqlSafe, ConnectOptions, Row};
 use uuid::Uuid;
 
+use super::pool::{ConnPool, Lease, PoolSettings};
 use super::{PoolStats, StoreError, StoreFuture, UserRow, UserStore, bounded};
 use crate::auth::Claims;
 use crate::config::Config;
@@ -33,8 +34,8 @@ const UPDATE_NAME_IF_SESSION_ACTIVE: &str = "with s as (select jwt_service.sessi
 /// Why this order: the `select` runs in the message's implicit transaction, which `begin`
 /// turns into the explicit one (PostgreSQL protocol docs, "Multiple Statements in a Simple
 /// Query"), so the settings last until `commit`. Were `begin` first, a failing `set_config`
-/// would leave the connection in an aborted transaction that sqlx does not roll back, and the
-/// pool would hand it on broken; this way a failure aborts only the implicit transaction.
+/// would leave the connection in an aborted transaction; this way a failure aborts only the
+/// implicit transaction.
 ///
 /// The role switch and the user's queries are separate statements on purpose: a policy is
 /// applied when a statement is planned, under the role current then, so switching the role
@@ -50,21 +51,59 @@ fn begin_as_sql(claims_json: &str) -> String {
     )
 }
 
+/// Names of the statements `PREPARE`d on every direct connection under `DB_RLS=on`: the
+/// profile read, without and with the session check. SQL-level prepared statements share
+/// their namespace with the protocol-level ones sqlx names `sqlx_s_N`, hence the prefix.
+const PREPARED_PROFILE: &str = "sjs_profile";
+const PREPARED_PROFILE_AND_SESSION: &str = "sjs_profile_session";
+
+/// What every new direct connection runs once under `DB_RLS=on`, so that each read is one
+/// simple-protocol message that still uses a cached plan (see [`read_in_one_message`]).
+/// Postgres re-plans a prepared statement when the role it runs under changes the table's
+/// row-level security (plancache.c, `dependsOnRLS`), so preparing it as the connecting user
+/// and running it as `authenticated` applies the policies.
+fn prepare_reads_sql(session_check: bool) -> String {
+    if session_check {
+        format!(
+            "prepare {PREPARED_PROFILE_AND_SESSION}(uuid, uuid) as \
+             select jwt_service.session_active($2, $1) as session_active, \
+             u.id, u.full_name, u.avatar_url \
+             from (select 1) as one left join public.users u on u.id = $1"
+        )
+    } else {
+        format!("prepare {PREPARED_PROFILE}(uuid) as {SELECT_PROFILE}")
+    }
+}
+
+/// How [`read_in_one_message`] names the select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadForm {
+    /// The select's text inline: nothing named, as a transaction-mode pooler needs.
+    Inline,
+    /// `execute` of the statement [`prepare_reads_sql`] prepared on this connection.
+    Prepared,
+}
+
 /// The read of one request as a single simple-protocol message: under `DB_RLS=on` it first
 /// sets `role` and `request.jwt.claims` with `SET LOCAL`, then selects the profile (and the
 /// session's state). The statements of one simple `Query` message run as one implicit
 /// transaction (PostgreSQL protocol docs, "Multiple Statements in a Simple Query"), so the
 /// settings hold for the select and end with it, an error rolls back everything, and no
-/// state can outlive the message, even when the caller gives up mid-flight. Through a
-/// transaction-mode pooler the message is one transaction on one backend, and it names no
-/// prepared statement.
+/// state can outlive the message. That makes it one round trip with nothing to clean up,
+/// which is why both the pooler path and the direct `DB_RLS=on` path use it; through a
+/// transaction-mode pooler the message is one transaction on one backend.
 ///
 /// The role switch and the select are separate statements on purpose: a policy is applied
 /// when a statement is planned, under the role current then.
 ///
 /// Only values we produced or checked are inlined: the ids are canonical UUIDs (parsed, then
 /// printed by `uuid`), and the claims go through [`quote_literal`].
-fn read_in_one_message(rls: bool, claims: &Claims, session: Option<Uuid>) -> String {
+fn read_in_one_message(
+    rls: bool,
+    claims: &Claims,
+    session: Option<Uuid>,
+    form: ReadForm,
+) -> String {
     let mut sql = String::with_capacity(256 + claims.raw_json().len());
     if rls {
         sql.push_str("set local role authenticated; set local request.jwt.claims = ");
@@ -72,16 +111,23 @@ fn read_in_one_message(rls: bool, claims: &Claims, session: Option<Uuid>) -> Str
         sql.push_str("; ");
     }
     let sub = claims.sub.uuid().hyphenated();
-    match session {
-        Some(session) => sql.push_str(&format!(
+    match (session, form) {
+        (Some(session), ReadForm::Inline) => sql.push_str(&format!(
             "select jwt_service.session_active('{}'::uuid, '{sub}'::uuid) as session_active, \
              u.id, u.full_name, u.avatar_url \
              from (select 1) as one left join public.users u on u.id = '{sub}'::uuid",
             session.hyphenated()
         )),
-        None => sql.push_str(&format!(
+        (None, ReadForm::Inline) => sql.push_str(&format!(
             "select id, full_name, avatar_url from public.users where id = '{sub}'::uuid"
         )),
+        (Some(session), ReadForm::Prepared) => sql.push_str(&format!(
+            "execute {PREPARED_PROFILE_AND_SESSION}('{sub}', '{}')",
+            session.hyphenated()
+        )),
+        (None, ReadForm::Prepared) => {
+            sql.push_str(&format!("execute {PREPARED_PROFILE}('{sub}')"));
+        }
     }
     sql
 }
@@ -108,7 +154,7 @@ fn quote_literal(text: &str) -> String {
 /// Profiles in Postgres (Supabase, or any Postgres 14+ migrated by `migrate`).
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    pool: PgPool,
+    pool: ConnPool,
     rls: bool,
     prepared: bool,
     session_check: bool,
@@ -134,114 +180,137 @@ impl PgStore {
             // missing (or, worse, different) on the next: use only unnamed statements.
             options = options.statement_cache_capacity(0);
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(config.db_max_connections)
-            .min_connections(0)
+        let settings = PoolSettings {
+            max_connections: config.db_max_connections,
             // A little shorter than the bound on the whole call, so that a saturated pool
-            // surfaces as sqlx's pool timeout (db_errors_total{kind="acquire_timeout"}) rather
-            // than as the generic one; both answer 503 within DB_TIMEOUT_SECONDS.
-            .acquire_timeout(config.db_timeout.mul_f64(0.8))
-            .idle_timeout(Duration::from_secs(300))
-            .max_lifetime(Duration::from_secs(1800))
-            // A dead connection surfaces as one failed request (503) and is dropped; pinging
-            // before every checkout would add a round trip to every request instead.
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
-        Ok(Self::from_pool(pool, config))
-    }
-
-    /// A store over an existing pool (tests, embedding).
-    pub fn from_pool(pool: PgPool, config: &Config) -> Self {
-        Self {
-            pool,
+            // surfaces as its own error (db_errors_total{kind="acquire_timeout"}) rather than
+            // as the generic timeout; both answer 503 within DB_TIMEOUT_SECONDS.
+            acquire_timeout: config.db_timeout.mul_f64(0.8),
+            idle_timeout: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(1800),
+            after_connect: (config.db_rls && config.prepared_statements)
+                .then(|| prepare_reads_sql(config.session_check)),
+        };
+        Ok(Self {
+            pool: ConnPool::new(options, settings),
             rls: config.db_rls,
             prepared: config.prepared_statements,
             session_check: config.session_check,
             timeout: config.db_timeout,
-        }
+        })
     }
 
     /// The pool, for metrics and tests.
-    pub fn pool(&self) -> &PgPool {
+    pub fn pool(&self) -> &ConnPool {
         &self.pool
     }
 
-    /// Begins a transaction acting as the verified user: `role` is `authenticated` and
-    /// `request.jwt.claims` holds `claims` until the transaction ends (commit, rollback or
-    /// drop), so `auth.uid()`, `auth.jwt()` and the tables' row-level security policies apply
-    /// to every statement run on it, as in Supabase's Data API. Nothing outlives the
-    /// transaction, so the connection goes back to the pool as it came.
-    ///
-    /// This is the path every user query of this store takes when `DB_RLS=on`; your own
-    /// routes can use it too. It costs one round trip. The caller bounds it in time (the pool's
-    /// acquire timeout bounds only the wait for a connection); giving up early is safe.
-    pub async fn begin_as(
-        &self,
-        claims: &Claims,
-    ) -> Result<Transaction<'static, Postgres>, StoreError> {
-        let sql = AssertSqlSafe(begin_as_sql(claims.raw_json()));
-        begin_to_completion(self.pool.clone(), Some(sql)).await
+    /// A pooled connection, for queries of your own; hand it back with [`Lease::release`]
+    /// once they succeeded. The caller bounds it in time.
+    pub async fn acquire(&self) -> Result<Lease, StoreError> {
+        self.pool.acquire().await.map_err(StoreError::unavailable)
     }
 
-    /// Begins the transaction for one user query: as the user under `DB_RLS=on`, else a plain
-    /// one whose queries filter by the verified id themselves. Every statement runs inside an
-    /// explicit transaction: through a transaction-mode pooler an unnamed statement outside
-    /// one may be answered by another backend.
-    async fn begin_for(
-        &self,
-        claims: &Claims,
-    ) -> Result<Transaction<'static, Postgres>, StoreError> {
-        if self.rls {
-            self.begin_as(claims).await
-        } else {
-            begin_to_completion(self.pool.clone(), None).await
-        }
+    /// Begins a transaction acting as the verified user: `role` is `authenticated` and
+    /// `request.jwt.claims` holds `claims` until the transaction ends, so `auth.uid()`,
+    /// `auth.jwt()` and the tables' row-level security policies apply to every statement run
+    /// on it, as in Supabase's Data API. Nothing outlives the transaction: `commit` and
+    /// `rollback` end it, and a transaction dropped while open takes its connection with it.
+    ///
+    /// This is the path the store's writes take when `DB_RLS=on`; your own routes can use it
+    /// too. It costs one round trip. The caller bounds it in time (the pool's acquire timeout
+    /// bounds only the wait for a connection); giving up early is safe.
+    pub async fn begin_as(&self, claims: &Claims) -> Result<UserTransaction, StoreError> {
+        self.begin_with(Some(claims)).await
+    }
+
+    /// Begins the transaction for one write: as the user under `DB_RLS=on`, else a plain one
+    /// whose statements filter by the verified id themselves. Writes run inside an explicit
+    /// transaction: through a transaction-mode pooler, sqlx's unnamed statement is two
+    /// exchanges that another backend could answer the second of.
+    async fn begin_with(&self, claims: Option<&Claims>) -> Result<UserTransaction, StoreError> {
+        let mut lease = self.acquire().await?;
+        lease.enter_transaction();
+        let sql = match claims {
+            Some(claims) => begin_as_sql(claims.raw_json()),
+            None => "begin".to_owned(),
+        };
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *lease)
+            .await
+            .map_err(StoreError::unavailable)?;
+        Ok(UserTransaction { lease })
+    }
+
+    async fn begin_for(&self, claims: &Claims) -> Result<UserTransaction, StoreError> {
+        self.begin_with(self.rls.then_some(claims)).await
     }
 
     /// Checks that the connecting user may switch to `authenticated` (needed by `DB_RLS=on`).
     /// `Ok(false)` means the database answered no; `Err` that it did not answer.
     pub async fn can_switch_to_authenticated(&self) -> Result<bool, StoreError> {
         bounded(self.timeout, async {
-            let mut tx = begin_to_completion(self.pool.clone(), None).await?;
-            let ok = sqlx::query(
+            let mut lease = self.acquire().await?;
+            let ok = sqlx::raw_sql(
                 "select coalesce((select rolsuper from pg_roles where rolname = current_user), false) \
                  or (exists (select 1 from pg_roles where rolname = 'authenticated') \
                      and pg_has_role(current_user, 'authenticated', 'member'))",
             )
-            .persistent(false)
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *lease)
             .await
             .map_err(StoreError::unavailable)?
             .try_get::<bool, _>(0)
             .map_err(StoreError::unavailable)?;
-            tx.rollback().await.map_err(StoreError::unavailable)?;
+            lease.release();
             Ok(ok)
         })
         .await
     }
 }
 
-/// Begins a transaction in a task of its own, so that it always runs to completion.
+/// A transaction on a pooled connection, from [`PgStore::begin_as`]; dereferences to the
+/// [`PgConnection`], so `&mut *tx` runs queries on it.
 ///
-/// A caller may stop waiting at any point (a client disconnects, a store call times out). Once
-/// the transaction exists, dropping it is safe: sqlx rolls it back before the connection is
-/// reused. But dropped while the begin statement is in flight, sqlx (0.9) has not counted the
-/// transaction yet and queues no rollback, so the connection would go back to the pool inside
-/// a transaction, under `DB_RLS=on` still acting as that user. In its own task the begin
-/// finishes, and a transaction nobody waits for any more is dropped, hence rolled back.
-async fn begin_to_completion(
-    pool: PgPool,
-    statement: Option<AssertSqlSafe<String>>,
-) -> Result<Transaction<'static, Postgres>, StoreError> {
-    let begin = tokio::spawn(async move {
-        match statement {
-            Some(sql) => pool.begin_with(sql).await,
-            None => pool.begin().await,
-        }
-    });
-    match begin.await {
-        Ok(result) => result.map_err(StoreError::unavailable),
-        Err(e) => Err(StoreError::unavailable(e)),
+/// End it with [`commit`](Self::commit) or [`rollback`](Self::rollback). Dropped while open
+/// (an error, a timeout, a caller that gave up), its connection is closed, which ends the
+/// transaction on the server, and the pool opens a fresh one.
+#[derive(Debug)]
+pub struct UserTransaction {
+    lease: Lease,
+}
+
+impl UserTransaction {
+    /// Commits, then hands the connection back to the pool.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.end("commit").await
+    }
+
+    /// Rolls back, then hands the connection back to the pool.
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.end("rollback").await
+    }
+
+    async fn end(mut self, statement: &'static str) -> Result<(), StoreError> {
+        sqlx::raw_sql(statement)
+            .execute(&mut *self.lease)
+            .await
+            .map_err(StoreError::unavailable)?;
+        self.lease.release();
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for UserTransaction {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.lease
+    }
+}
+
+impl std::ops::DerefMut for UserTransaction {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.lease
     }
 }
 
@@ -265,43 +334,38 @@ impl UserStore for PgStore {
             } else {
                 None
             };
-            let query = match session {
-                Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
-                    .bind(claims.sub.uuid())
-                    .bind(session),
-                None => sqlx::query(SELECT_PROFILE).bind(claims.sub.uuid()),
-            };
-            let row = if !self.prepared {
-                // Behind a transaction-mode pooler: everything in one simple-protocol
-                // message, one round trip, no statement name (see `read_in_one_message`).
+            let mut lease = self.acquire().await?;
+            let row = if self.rls || !self.prepared {
+                // One simple-protocol message, one round trip, nothing left to undo (see
+                // `read_in_one_message`). On a direct connection it executes the statement
+                // prepared when the connection opened; behind a pooler it names nothing.
+                let form = if self.prepared {
+                    ReadForm::Prepared
+                } else {
+                    ReadForm::Inline
+                };
                 sqlx::raw_sql(AssertSqlSafe(read_in_one_message(
-                    self.rls, claims, session,
+                    self.rls, claims, session, form,
                 )))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *lease)
                 .await
                 .map_err(StoreError::unavailable)?
                 .pop()
-            } else if !self.rls {
+            } else {
                 // Direct connection, no RLS: one named prepared statement, the cheapest
                 // query Postgres can answer; a single statement needs no explicit transaction.
+                let query = match session {
+                    Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
+                        .bind(claims.sub.uuid())
+                        .bind(session),
+                    None => sqlx::query(SELECT_PROFILE).bind(claims.sub.uuid()),
+                };
                 query
-                    .fetch_optional(&self.pool)
+                    .fetch_optional(&mut *lease)
                     .await
                     .map_err(StoreError::unavailable)?
-            } else {
-                // Direct connection under RLS: the context in one message, then the named
-                // prepared select, whose cached plan saves Postgres more (the policy calls
-                // auth.uid(), which parses the claims) than the one-message form's saved round
-                // trip. Dropping the transaction queues its ROLLBACK, which the pool sends with
-                // its test of the returned connection, after the answer has gone out.
-                let mut tx = self.begin_as(claims).await?;
-                let row = query
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(StoreError::unavailable)?;
-                drop(tx);
-                row
             };
+            lease.release();
             let Some(row) = row else {
                 return Ok(None);
             };
@@ -330,23 +394,14 @@ impl UserStore for PgStore {
             };
             let mut tx = self.begin_for(claims).await?;
             let row = match session {
-                Some(session) => {
-                    let row = sqlx::query(UPDATE_NAME_IF_SESSION_ACTIVE)
-                        .bind(claims.sub.uuid())
-                        .bind(full_name)
-                        .bind(session)
-                        .persistent(self.prepared)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(StoreError::unavailable)?;
-                    let active: bool = row
-                        .try_get("session_active")
-                        .map_err(StoreError::unavailable)?;
-                    if !active {
-                        return Err(StoreError::SessionEnded);
-                    }
-                    Some(row)
-                }
+                Some(session) => sqlx::query(UPDATE_NAME_IF_SESSION_ACTIVE)
+                    .bind(claims.sub.uuid())
+                    .bind(full_name)
+                    .bind(session)
+                    .persistent(self.prepared)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(StoreError::unavailable)?,
                 None => sqlx::query(UPDATE_NAME)
                     .bind(claims.sub.uuid())
                     .bind(full_name)
@@ -355,24 +410,30 @@ impl UserStore for PgStore {
                     .await
                     .map_err(StoreError::unavailable)?,
             };
-            let user = match row {
-                Some(row) => row_to_user(&row)?,
-                None => None,
+            tx.commit().await?;
+            let Some(row) = row else {
+                return Ok(None);
             };
-            tx.commit().await.map_err(StoreError::unavailable)?;
-            Ok(user)
+            if session.is_some() {
+                let active: bool = row
+                    .try_get("session_active")
+                    .map_err(StoreError::unavailable)?;
+                if !active {
+                    return Err(StoreError::SessionEnded);
+                }
+            }
+            row_to_user(&row)
         }))
     }
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(bounded(self.timeout, async move {
-            let mut tx = begin_to_completion(self.pool.clone(), None).await?;
-            sqlx::query("select 1")
-                .persistent(false)
-                .execute(&mut *tx)
+            let mut lease = self.acquire().await?;
+            sqlx::raw_sql("select 1")
+                .execute(&mut *lease)
                 .await
                 .map_err(StoreError::unavailable)?;
-            tx.commit().await.map_err(StoreError::unavailable)?;
+            lease.release();
             Ok(())
         }))
     }
@@ -385,7 +446,7 @@ impl UserStore for PgStore {
         Some(PoolStats {
             size: self.pool.size(),
             idle: self.pool.num_idle(),
-            max: self.pool.options().get_max_connections(),
+            max: self.pool.max_connections(),
         })
     }
 }

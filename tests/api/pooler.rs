@@ -174,8 +174,8 @@ async fn requests_across_a_server_switch(db: &TestDb, prepared: &str, rls: &str)
     let token = token_for(user);
 
     assert_eq!(app.get_with_token("/name", &token).await.status(), 200);
-    // The pool tests a connection on release, after the answer was sent: wait for that to end
-    // so PgBouncer has X back.
+    // The connection is back in the pool before the answer is sent; waiting for it costs
+    // nothing and keeps this independent of that order.
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.pool().num_idle() < 1 {
         assert!(Instant::now() < deadline, "connection never came back");

@@ -26,13 +26,15 @@ fn one_connection_config(
 
 /// What a connection carries between requests: `(current_user, role, request.jwt.claims)`.
 async fn connection_context(store: &PgStore) -> (String, String, String) {
+    let mut conn = store.acquire().await.unwrap();
     let row = sqlx::query(
         "select current_user::text, current_setting('role'), \
          coalesce(current_setting('request.jwt.claims', true), '')",
     )
-    .fetch_one(store.pool())
+    .fetch_one(&mut *conn)
     .await
     .unwrap();
+    conn.release();
     (row.get(0), row.get(1), row.get(2))
 }
 
@@ -219,12 +221,12 @@ async fn rls_failed_role_switch_leaves_the_pooled_connection_usable() {
 
     assert!(!store.can_switch_to_authenticated().await.unwrap());
     assert!(store.begin_as(&claims).await.is_err());
-    let mut tx = store.pool().begin().await.unwrap();
+    let mut conn = store.acquire().await.unwrap();
     let who: String = sqlx::query_scalar("select current_user::text")
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await
         .unwrap();
-    tx.commit().await.unwrap();
+    conn.release();
     assert_eq!(who, role);
 }
 
@@ -353,6 +355,58 @@ async fn rls_off_still_serves_and_updates_by_id() {
         .get_with_token("/name", &token_for(Uuid::new_v4()))
         .await;
     assert_error(r, 404, "profile_not_found").await;
+}
+
+/// Whether `GET /name` answers under the table's policies, on every request: the read is a
+/// statement prepared once per connection as the connecting superuser, and Postgres must
+/// re-plan it for `authenticated` (and keep doing so once it switches to a generic plan, after
+/// five runs). A restrictive policy that hides rows named "hidden" tells the two apart: with
+/// `DB_RLS=off` the service reads as the superuser and the policy does not apply.
+async fn get_name_statuses_under_a_hiding_policy(rls: &str, session_check: &str) -> Vec<u16> {
+    let db = TestDb::new().await;
+    let [ada, bob, _] = three_users(&db).await;
+    let (ada_session, bob_session) = (Uuid::new_v4(), Uuid::new_v4());
+    db.seed_session(ada_session, ada, None).await;
+    db.seed_session(bob_session, bob, None).await;
+    sqlx::raw_sql(
+        "create policy \"test: hidden rows\" on public.users as restrictive for select \
+         to authenticated using (full_name is distinct from 'hidden'); \
+         update public.users set full_name = 'hidden' where full_name = 'Ada'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let config = one_connection_config(&db, |raw| {
+        raw.db_rls = Some(rls.into());
+        raw.session_check = Some(session_check.into());
+    });
+    let app = TestApp::spawn(config).await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        for (user, session) in [(ada, ada_session), (bob, bob_session)] {
+            let token = sign(&claims_in_session(user, session));
+            statuses.push(app.get_with_token("/name", &token).await.status().as_u16());
+        }
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn rls_policies_decide_get_name_on_every_request() {
+    let hidden_then_shown = [404, 200].repeat(8);
+    assert_eq!(
+        get_name_statuses_under_a_hiding_policy("on", "off").await,
+        hidden_then_shown
+    );
+    assert_eq!(
+        get_name_statuses_under_a_hiding_policy("on", "on").await,
+        hidden_then_shown
+    );
+    assert_eq!(
+        get_name_statuses_under_a_hiding_policy("off", "off").await,
+        vec![200; 16],
+        "with DB_RLS=off the policies are not in play"
+    );
 }
 
 /// An app with `SESSION_CHECK=on` (or off) and `DB_RLS` as given, over `db`.
@@ -508,14 +562,12 @@ async fn rls_context_is_not_left_behind_when_a_request_gives_up_during_begin() {
     let config = one_connection_config(&db, |_| {});
     let store = PgStore::connect_lazy(&config).unwrap();
     let claims = verified(&config, &token_for(ada)).await;
+    let mut conn = store.acquire().await.unwrap();
     let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(store.pool())
+        .fetch_one(&mut *conn)
         .await
         .unwrap();
-    // The pool tests the connection after use: let that finish before freezing the backend.
-    while store.pool().num_idle() < 1 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    conn.release();
 
     signal_backend(backend, "STOP");
     let gave_up = tokio::time::timeout(Duration::from_millis(300), store.begin_as(&claims)).await;
@@ -523,13 +575,55 @@ async fn rls_context_is_not_left_behind_when_a_request_gives_up_during_begin() {
     assert!(gave_up.is_err(), "the frozen backend cannot have answered");
 
     assert_eq!(connection_context(&store).await, defaults());
-    let state: String = sqlx::query_scalar("select state from pg_stat_activity where pid = $1")
-        .bind(backend)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        state, "idle",
-        "the connection came back inside a transaction"
-    );
+    // The pool never hands on a connection whose work was cut short: that backend ends
+    // instead of idling inside the transaction, as the user.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state: Option<String> =
+            sqlx::query_scalar("select state from pg_stat_activity where pid = $1")
+                .bind(backend)
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap();
+        match state {
+            None => break,
+            Some(state) => assert!(
+                std::time::Instant::now() < deadline,
+                "the abandoned connection is still open ({state})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn rls_a_read_given_up_mid_flight_is_drained_then_reused_as_it_was() {
+    // A read is one message with nothing left open after it, so the pool waits for its answer
+    // and keeps the connection (no reconnect per disconnecting client) in its default state.
+    use supabase_jwt_service::UserStore;
+    let db = TestDb::new().await;
+    let [ada, ..] = three_users(&db).await;
+    let config = one_connection_config(&db, |_| {});
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let claims = verified(&config, &token_for(ada)).await;
+    let backend_pid = |store: PgStore| async move {
+        let mut conn = store.acquire().await.unwrap();
+        let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        conn.release();
+        pid
+    };
+    let backend = backend_pid(store.clone()).await;
+
+    signal_backend(backend, "STOP");
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), store.profile(&claims)).await;
+    signal_backend(backend, "CONT");
+    assert!(gave_up.is_err(), "the frozen backend cannot have answered");
+
+    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(backend_pid(store.clone()).await, backend);
+    let row = store.profile(&claims).await.unwrap().unwrap();
+    assert_eq!(row.full_name.as_deref(), Some("Ada"));
 }
