@@ -18,11 +18,13 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use supabase_jwt_service::auth::Claims;
+use supabase_jwt_service::config::LogFormat;
 use supabase_jwt_service::store::{PoolStats, StoreFuture, UserRow};
 use supabase_jwt_service::{
     AppState, Config, Instrumented, ShutdownFlag, UserStore, Verifier, router,
 };
 use tower::ServiceExt;
+use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
 
 const SECRET: &str = "bench-secret-for-hs256-0123456789abcdefgh";
@@ -132,6 +134,27 @@ fn bench_request(c: &mut Criterion) {
             }
         });
     });
+    // The same with the production log setting (`RUST_LOG=info`, `LOG_FORMAT=json`): the
+    // request span and one JSON line per request, written to a sink.
+    {
+        let subscriber = supabase_jwt_service::telemetry::subscriber(
+            LogFormat::Json,
+            EnvFilter::new("info"),
+            std::io::sink,
+        );
+        let _default = tracing::subscriber::set_default(subscriber);
+        group.bench_function("get_name_rotating_hs256_info_json_log", |b| {
+            b.to_async(&runtime).iter(|| {
+                next = (next + 1) % USERS;
+                let req = request(&tokens[next]);
+                let app = app.clone();
+                async move {
+                    let response = app.oneshot(req).await.expect("infallible");
+                    black_box(to_bytes(response.into_body(), 1024).await.expect("body"))
+                }
+            });
+        });
+    }
     group.bench_function("no_token_401", |b| {
         b.to_async(&runtime).iter(|| {
             let req = Request::get("/name").body(Body::empty()).expect("request");

@@ -8,6 +8,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
+pub mod json_line;
 pub mod metrics;
 pub mod server_timing;
 
@@ -30,10 +31,8 @@ where
         LogFormat::Pretty => Box::new(builder.with_target(false).finish()),
         LogFormat::Json => Box::new(
             builder
-                .json()
-                .flatten_event(true)
-                .with_current_span(true)
-                .with_span_list(false)
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(json_line::JsonLine)
                 .finish(),
         ),
     }
