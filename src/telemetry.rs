@@ -31,7 +31,7 @@ where
         LogFormat::Pretty => Box::new(builder.with_target(false).finish()),
         LogFormat::Json => Box::new(
             builder
-                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .fmt_fields(json_line::JsonSpanFields)
                 .event_format(json_line::JsonLine)
                 .finish(),
         ),
