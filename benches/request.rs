@@ -12,7 +12,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::hint::black_box;
 use std::sync::Arc;
 
-use axum::body::{Body, to_bytes};
+use axum::Router;
+use axum::body::{Body, Bytes, to_bytes};
 use axum::http::{Request, StatusCode, header};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -84,6 +85,12 @@ fn token(sub: Uuid) -> String {
     .expect("sign")
 }
 
+/// One request through the router, its body read to the end.
+async fn answer(app: &Router, req: Request<Body>) -> Bytes {
+    let response = app.clone().oneshot(req).await.expect("infallible");
+    black_box(to_bytes(response.into_body(), 1024).await.expect("body"))
+}
+
 fn bench_request(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -122,17 +129,13 @@ fn bench_request(c: &mut Criterion) {
     let mut group = c.benchmark_group("request");
     group.throughput(Throughput::Elements(1));
     // The load test's case: rotating tokens, each already in the verified-token cache.
-    let mut next = 0;
+    let next = std::cell::Cell::new(0);
+    let rotating = || {
+        next.set((next.get() + 1) % USERS);
+        request(&tokens[next.get()])
+    };
     group.bench_function("get_name_rotating_hs256", |b| {
-        b.to_async(&runtime).iter(|| {
-            next = (next + 1) % USERS;
-            let req = request(&tokens[next]);
-            let app = app.clone();
-            async move {
-                let response = app.oneshot(req).await.expect("infallible");
-                black_box(to_bytes(response.into_body(), 1024).await.expect("body"))
-            }
-        });
+        b.to_async(&runtime).iter(|| answer(&app, rotating()));
     });
     // The same with the production log setting (`RUST_LOG=info`, `LOG_FORMAT=json`): the
     // request span and one JSON line per request, written to a sink.
@@ -144,25 +147,15 @@ fn bench_request(c: &mut Criterion) {
         );
         let _default = tracing::subscriber::set_default(subscriber);
         group.bench_function("get_name_rotating_hs256_info_json_log", |b| {
-            b.to_async(&runtime).iter(|| {
-                next = (next + 1) % USERS;
-                let req = request(&tokens[next]);
-                let app = app.clone();
-                async move {
-                    let response = app.oneshot(req).await.expect("infallible");
-                    black_box(to_bytes(response.into_body(), 1024).await.expect("body"))
-                }
-            });
+            b.to_async(&runtime).iter(|| answer(&app, rotating()));
         });
     }
     group.bench_function("no_token_401", |b| {
         b.to_async(&runtime).iter(|| {
-            let req = Request::get("/name").body(Body::empty()).expect("request");
-            let app = app.clone();
-            async move {
-                let response = app.oneshot(req).await.expect("infallible");
-                black_box(to_bytes(response.into_body(), 1024).await.expect("body"))
-            }
+            answer(
+                &app,
+                Request::get("/name").body(Body::empty()).expect("request"),
+            )
         });
     });
     group.finish();

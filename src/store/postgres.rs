@@ -242,6 +242,16 @@ impl PgStore {
         Ok(UserTransaction { lease })
     }
 
+    /// With `SESSION_CHECK=on`, the session the query must find active; a token without one is
+    /// refused before any query.
+    fn session_to_check(&self, claims: &Claims) -> Result<Option<Uuid>, StoreError> {
+        if self.session_check {
+            claims.session_id.ok_or(StoreError::SessionEnded).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     async fn begin_for(&self, claims: &Claims) -> Result<UserTransaction, StoreError> {
         self.begin_with(self.rls.then_some(claims)).await
     }
@@ -314,6 +324,26 @@ impl std::ops::DerefMut for UserTransaction {
     }
 }
 
+/// What a profile read or update answers: `None` without a row; when the session was checked,
+/// [`StoreError::SessionEnded`] unless the row says it is active.
+fn answer(
+    row: Option<sqlx::postgres::PgRow>,
+    session_checked: bool,
+) -> Result<Option<UserRow>, StoreError> {
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if session_checked {
+        let active: bool = row
+            .try_get("session_active")
+            .map_err(StoreError::unavailable)?;
+        if !active {
+            return Err(StoreError::SessionEnded);
+        }
+    }
+    row_to_user(&row)
+}
+
 fn row_to_user(row: &sqlx::postgres::PgRow) -> Result<Option<UserRow>, StoreError> {
     let id: Option<Uuid> = row.try_get("id").map_err(StoreError::unavailable)?;
     Ok(match id {
@@ -329,11 +359,7 @@ fn row_to_user(row: &sqlx::postgres::PgRow) -> Result<Option<UserRow>, StoreErro
 impl UserStore for PgStore {
     fn profile<'a>(&'a self, claims: &'a Claims) -> StoreFuture<'a, Option<UserRow>> {
         Box::pin(bounded(self.timeout, async move {
-            let session = if self.session_check {
-                Some(claims.session_id.ok_or(StoreError::SessionEnded)?)
-            } else {
-                None
-            };
+            let session = self.session_to_check(claims)?;
             let mut lease = self.acquire().await?;
             let row = if self.rls || !self.prepared {
                 // One simple-protocol message, one round trip, nothing left to undo (see
@@ -366,18 +392,7 @@ impl UserStore for PgStore {
                     .map_err(StoreError::unavailable)?
             };
             lease.release();
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            if session.is_some() {
-                let active: bool = row
-                    .try_get("session_active")
-                    .map_err(StoreError::unavailable)?;
-                if !active {
-                    return Err(StoreError::SessionEnded);
-                }
-            }
-            row_to_user(&row)
+            answer(row, session.is_some())
         }))
     }
 
@@ -387,11 +402,7 @@ impl UserStore for PgStore {
         full_name: Option<&'a str>,
     ) -> StoreFuture<'a, Option<UserRow>> {
         Box::pin(bounded(self.timeout, async move {
-            let session = if self.session_check {
-                Some(claims.session_id.ok_or(StoreError::SessionEnded)?)
-            } else {
-                None
-            };
+            let session = self.session_to_check(claims)?;
             let mut tx = self.begin_for(claims).await?;
             let row = match session {
                 Some(session) => sqlx::query(UPDATE_NAME_IF_SESSION_ACTIVE)
@@ -411,18 +422,7 @@ impl UserStore for PgStore {
                     .map_err(StoreError::unavailable)?,
             };
             tx.commit().await?;
-            let Some(row) = row else {
-                return Ok(None);
-            };
-            if session.is_some() {
-                let active: bool = row
-                    .try_get("session_active")
-                    .map_err(StoreError::unavailable)?;
-                if !active {
-                    return Err(StoreError::SessionEnded);
-                }
-            }
-            row_to_user(&row)
+            answer(row, session.is_some())
         }))
     }
 
