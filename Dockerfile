@@ -12,16 +12,17 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 
-# Dependencies first, in their own layer: it is rebuilt only when Cargo.toml or Cargo.lock
-# change, not on every source edit.
+# Cargo reads every target the manifest declares (the API tests, the benches) before it does
+# anything, so their sources come along; only the binary is built. The registry and the
+# compiled dependencies live in cache mounts that outlive the layer, so a source change
+# recompiles only this crate.
 COPY Cargo.toml Cargo.lock ./
-RUN cargo fetch --locked
-
-# The compiled dependencies live in a cache mount that outlives the layer, so a source
-# change recompiles only this crate.
 COPY migrations ./migrations
 COPY src ./src
-RUN --mount=type=cache,target=/src/target,sharing=locked \
+COPY benches ./benches
+COPY tests ./tests
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    --mount=type=cache,target=/src/target,sharing=locked \
     cargo build --release --locked --bin supabase-jwt-service \
     && install -D target/release/supabase-jwt-service /out/supabase-jwt-service \
     && mkdir -p /out/data

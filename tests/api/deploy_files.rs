@@ -365,3 +365,107 @@ fn dockerignore_keeps_builds_databases_and_secrets_out() {
         assert!(entries.contains(&needed), ".dockerignore lacks {needed}");
     }
 }
+
+/// Copies `from` (a file or a folder) to `to`, skipping what .dockerignore keeps out of the
+/// build context that the build stage could otherwise see (`node_modules`, `target`).
+fn copy_like_docker(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            if name == "node_modules" || name == "target" {
+                continue;
+            }
+            copy_like_docker(&entry.path(), &to.join(name));
+        }
+    } else {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+/// The files a locked build needs before it starts: the manifest, the lock file and the source
+/// of every target the manifest declares. Even `cargo fetch` refuses to start without the
+/// declared test and bench sources; `cargo metadata` does not check them, so it cannot stand in.
+fn files_cargo_reads_first() -> Vec<String> {
+    let manifest: toml::Table = repo_file("Cargo.toml").parse().unwrap();
+    let mut files = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
+    if let Some(lib) = manifest.get("lib").and_then(|l| l.as_table()) {
+        files.push(
+            lib.get("path")
+                .and_then(|p| p.as_str())
+                .unwrap_or("src/lib.rs")
+                .to_owned(),
+        );
+    }
+    for (kind, folder) in [("bin", "src/bin"), ("test", "tests"), ("bench", "benches")] {
+        for target in manifest
+            .get(kind)
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let path = target
+                .get("path")
+                .and_then(|p| p.as_str())
+                .map(str::to_owned);
+            let name = target
+                .get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or_default();
+            files.push(path.unwrap_or_else(|| format!("{folder}/{name}.rs")));
+        }
+    }
+    files
+}
+
+#[test]
+fn the_build_stage_copies_everything_cargo_reads_before_it_runs_cargo() {
+    // Cargo parses the whole manifest, every declared test and bench target included, before
+    // it builds or fetches: a build stage that copies only Cargo.toml and src/ fails at its
+    // first `cargo` line. Replay the stage's COPY lines into a folder and, at each RUN that
+    // calls cargo, check that what cargo needs first is there.
+    let all = dockerfile();
+    let froms: Vec<usize> = (0..all.len())
+        .filter(|&i| all[i].keyword == "FROM")
+        .collect();
+    let build_stage = &all[froms[0]..*froms.get(1).unwrap_or(&all.len())];
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let context = tempfile::tempdir().unwrap();
+    let mut cargo_runs = 0;
+    for instruction in build_stage {
+        match instruction.keyword.as_str() {
+            "COPY" => {
+                let parts: Vec<&str> = instruction
+                    .args
+                    .split_whitespace()
+                    .filter(|a| !a.starts_with("--"))
+                    .collect();
+                let (dest, sources) = parts.split_last().expect("COPY has a destination");
+                for source in sources {
+                    let target = if sources.len() > 1 || dest.ends_with('/') && *dest != "./" {
+                        context.path().join(dest).join(source)
+                    } else if *dest == "./" || *dest == "." {
+                        context.path().join(source)
+                    } else {
+                        context.path().join(dest)
+                    };
+                    copy_like_docker(&root.join(source), &target);
+                }
+            }
+            "RUN" if instruction.args.contains("cargo ") => {
+                cargo_runs += 1;
+                for needed in files_cargo_reads_first() {
+                    assert!(
+                        context.path().join(&needed).is_file(),
+                        "`RUN {}` runs before the build stage has copied {needed}",
+                        instruction.args
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(cargo_runs > 0, "the build stage runs cargo");
+}
