@@ -13,10 +13,10 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 
 # Cargo reads every target the manifest declares (the API tests, the benches) before it does
-# anything, so their sources come along; only the binary is built. The registry and the
-# compiled dependencies live in cache mounts that outlive the layer, so a source change
-# recompiles only this crate.
-COPY Cargo.toml Cargo.lock ./
+# anything, so their sources come along; only the binary is built. README.md is the library's
+# documentation (include_str!). The registry and the compiled dependencies live in cache
+# mounts that outlive the layer, so a source change recompiles only this crate.
+COPY Cargo.toml Cargo.lock README.md ./
 COPY migrations ./migrations
 COPY src ./src
 COPY benches ./benches

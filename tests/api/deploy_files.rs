@@ -385,9 +385,10 @@ fn copy_like_docker(from: &Path, to: &Path) {
     }
 }
 
-/// The files a locked build needs before it starts: the manifest, the lock file and the source
-/// of every target the manifest declares. Even `cargo fetch` refuses to start without the
-/// declared test and bench sources; `cargo metadata` does not check them, so it cannot stand in.
+/// The files a locked build needs: the manifest, the lock file, the source of every target the
+/// manifest declares, and what the library's sources include at compile time (`include_str!`,
+/// `include_bytes!`, `sqlx::migrate!`). Even `cargo fetch` refuses to start without the declared
+/// test and bench sources; `cargo metadata` does not check them, so it cannot stand in.
 fn files_cargo_reads_first() -> Vec<String> {
     let manifest: toml::Table = repo_file("Cargo.toml").parse().unwrap();
     let mut files = vec!["Cargo.toml".to_owned(), "Cargo.lock".to_owned()];
@@ -417,7 +418,70 @@ fn files_cargo_reads_first() -> Vec<String> {
             files.push(path.unwrap_or_else(|| format!("{folder}/{name}.rs")));
         }
     }
+    files.extend(compile_time_inputs(Path::new("src")));
     files
+}
+
+/// What the `.rs` files under `dir` (relative to the repository) read while compiling: paths
+/// in `include_str!`/`include_bytes!` (relative to the file) and in `sqlx::migrate!` (relative
+/// to the manifest; each migration folder is represented by one `.sql` file in it).
+fn compile_time_inputs(dir: &Path) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+        let path = entry.unwrap().path();
+        let relative = path.strip_prefix(root).unwrap().to_path_buf();
+        if path.is_dir() {
+            found.extend(compile_time_inputs(&relative));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (macro_name, from_file) in [
+            ("include_str!(\"", true),
+            ("include_bytes!(\"", true),
+            ("sqlx::migrate!(\"", false),
+        ] {
+            for (at, _) in text.match_indices(macro_name) {
+                let rest = &text[at + macro_name.len()..];
+                let literal = &rest[..rest.find('"').unwrap()];
+                let base = if from_file {
+                    relative.parent().unwrap()
+                } else {
+                    Path::new("")
+                };
+                let target = normalize(&base.join(literal));
+                if from_file {
+                    found.push(target);
+                } else {
+                    let sql = std::fs::read_dir(root.join(&target))
+                        .unwrap()
+                        .map(|e| e.unwrap().path())
+                        .find(|p| p.extension().is_some_and(|e| e == "sql"))
+                        .unwrap_or_else(|| panic!("no migration in {target}"));
+                    found.push(normalize(sql.strip_prefix(root).unwrap()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `a/../b/./c` as `b/c`, with forward slashes.
+fn normalize(path: &Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            _ => {}
+        }
+    }
+    parts.join("/")
 }
 
 #[test]
