@@ -226,18 +226,27 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Call before sending anything that may open an explicit transaction (`BEGIN`): from then
-    /// on, a lease dropped without [`release`](Self::release) closes its connection.
+    /// Call before sending anything that may open an explicit transaction (`BEGIN`): until
+    /// [`transaction_ended`](Self::transaction_ended), the connection is never reused, whether
+    /// the lease is released or dropped; it is closed, which ends the transaction on the server.
     pub fn enter_transaction(&mut self) {
         self.in_transaction = true;
     }
 
-    /// Gives the connection back for reuse: only for a connection whose last exchange
-    /// completed and that is outside any transaction (after `commit` or `rollback`).
+    /// Call once a `COMMIT` or `ROLLBACK` sent after [`enter_transaction`](Self::enter_transaction)
+    /// has succeeded: the connection is outside any transaction again.
+    pub fn transaction_ended(&mut self) {
+        self.in_transaction = false;
+    }
+
+    /// Gives the connection back for reuse, for work that completed without error. A
+    /// connection that may still be inside a transaction (one sqlx counts as open, or one
+    /// entered with [`enter_transaction`](Self::enter_transaction) and not ended) is closed
+    /// instead.
     pub fn release(mut self) {
         if let Some(conn) = self.conn.take() {
-            if conn.is_in_transaction() {
-                // A transaction sqlx still counts as open: let Drop close it.
+            if self.in_transaction || conn.is_in_transaction() {
+                // Drop closes it.
                 self.conn = Some(conn);
                 self.in_transaction = true;
                 return;

@@ -305,6 +305,7 @@ impl UserTransaction {
             .execute(&mut *self.lease)
             .await
             .map_err(StoreError::unavailable)?;
+        self.lease.transaction_ended();
         self.lease.release();
         Ok(())
     }

@@ -123,6 +123,12 @@ impl FieldWriter<'_> {
         push_str_value(self.line, field.name());
         self.line.push(':');
     }
+
+    /// An integer: its decimal digits are already valid JSON.
+    fn number(&mut self, field: &Field, value: impl fmt::Display) {
+        self.key(field);
+        let _ = write!(self.line, "{value}");
+    }
 }
 
 impl Visit for FieldWriter<'_> {
@@ -137,23 +143,19 @@ impl Visit for FieldWriter<'_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.number(field, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.number(field, value);
     }
 
     fn record_i128(&mut self, field: &Field, value: i128) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.number(field, value);
     }
 
     fn record_u128(&mut self, field: &Field, value: u128) {
-        self.key(field);
-        let _ = write!(self.line, "{value}");
+        self.number(field, value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Row;
-use supabase_jwt_service::PgStore;
 use supabase_jwt_service::config::Config;
+use supabase_jwt_service::{Claims, PgStore};
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -36,6 +36,40 @@ async fn connection_context(store: &PgStore) -> (String, String, String) {
     .unwrap();
     conn.release();
     (row.get(0), row.get(1), row.get(2))
+}
+
+/// Ada (with Bob and Cy) in `db`, her verified claims, and a store over a single connection.
+async fn ada_on_one_connection(db: &TestDb) -> (PgStore, Claims) {
+    let [ada, ..] = three_users(db).await;
+    let config = one_connection_config(db, |_| {});
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let claims = verified(&config, &token_for(ada)).await;
+    (store, claims)
+}
+
+/// One value, read on a connection the store lends (and takes back).
+async fn one_value<T>(store: &PgStore, sql: &'static str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    let mut conn = store.acquire().await.unwrap();
+    let value = sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap();
+    conn.release();
+    value
+}
+
+/// The server process behind the store's (single) pooled connection.
+async fn backend_pid(store: &PgStore) -> i32 {
+    one_value(store, "select pg_backend_pid()").await
+}
+
+/// Starts `work` while `backend` is frozen, gives up on it after 300 ms, then thaws the
+/// backend: the server still runs what it was sent, after the caller stopped waiting.
+async fn give_up_while_frozen<T>(backend: i32, work: impl std::future::Future<Output = T>) {
+    signal_backend(backend, "STOP");
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), work).await;
+    signal_backend(backend, "CONT");
+    assert!(gave_up.is_err(), "the frozen backend cannot have answered");
 }
 
 /// The defaults of a connection as the superuser the tests connect as.
@@ -135,10 +169,7 @@ async fn rls_claims_reach_the_database_intact_whatever_characters_they_hold() {
 #[tokio::test]
 async fn rls_context_ends_with_the_transaction() {
     let db = TestDb::new().await;
-    let [ada, ..] = three_users(&db).await;
-    let config = one_connection_config(&db, |_| {});
-    let store = PgStore::connect_lazy(&config).unwrap();
-    let claims = verified(&config, &token_for(ada)).await;
+    let (store, claims) = ada_on_one_connection(&db).await;
 
     store
         .begin_as(&claims)
@@ -221,12 +252,7 @@ async fn rls_failed_role_switch_leaves_the_pooled_connection_usable() {
 
     assert!(!store.can_switch_to_authenticated().await.unwrap());
     assert!(store.begin_as(&claims).await.is_err());
-    let mut conn = store.acquire().await.unwrap();
-    let who: String = sqlx::query_scalar("select current_user::text")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    conn.release();
+    let who: String = one_value(&store, "select current_user::text").await;
     assert_eq!(who, role);
 }
 
@@ -558,21 +584,9 @@ async fn rls_context_is_not_left_behind_when_a_request_gives_up_during_begin() {
     // the begin statement was sent and before its answer came back. The server still runs it;
     // the connection must not go back to the pool inside that transaction, as the user.
     let db = TestDb::new().await;
-    let [ada, ..] = three_users(&db).await;
-    let config = one_connection_config(&db, |_| {});
-    let store = PgStore::connect_lazy(&config).unwrap();
-    let claims = verified(&config, &token_for(ada)).await;
-    let mut conn = store.acquire().await.unwrap();
-    let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    conn.release();
-
-    signal_backend(backend, "STOP");
-    let gave_up = tokio::time::timeout(Duration::from_millis(300), store.begin_as(&claims)).await;
-    signal_backend(backend, "CONT");
-    assert!(gave_up.is_err(), "the frozen backend cannot have answered");
+    let (store, claims) = ada_on_one_connection(&db).await;
+    let backend = backend_pid(&store).await;
+    give_up_while_frozen(backend, store.begin_as(&claims)).await;
 
     assert_eq!(connection_context(&store).await, defaults());
     // The pool never hands on a connection whose work was cut short: that backend ends
@@ -602,28 +616,38 @@ async fn rls_a_read_given_up_mid_flight_is_drained_then_reused_as_it_was() {
     // and keeps the connection (no reconnect per disconnecting client) in its default state.
     use supabase_jwt_service::UserStore;
     let db = TestDb::new().await;
-    let [ada, ..] = three_users(&db).await;
-    let config = one_connection_config(&db, |_| {});
-    let store = PgStore::connect_lazy(&config).unwrap();
-    let claims = verified(&config, &token_for(ada)).await;
-    let backend_pid = |store: PgStore| async move {
-        let mut conn = store.acquire().await.unwrap();
-        let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
-        conn.release();
-        pid
-    };
-    let backend = backend_pid(store.clone()).await;
-
-    signal_backend(backend, "STOP");
-    let gave_up = tokio::time::timeout(Duration::from_millis(300), store.profile(&claims)).await;
-    signal_backend(backend, "CONT");
-    assert!(gave_up.is_err(), "the frozen backend cannot have answered");
+    let (store, claims) = ada_on_one_connection(&db).await;
+    let backend = backend_pid(&store).await;
+    give_up_while_frozen(backend, store.profile(&claims)).await;
 
     assert_eq!(connection_context(&store).await, defaults());
-    assert_eq!(backend_pid(store.clone()).await, backend);
+    assert_eq!(backend_pid(&store).await, backend);
     let row = store.profile(&claims).await.unwrap().unwrap();
     assert_eq!(row.full_name.as_deref(), Some("Ada"));
+}
+
+#[tokio::test]
+async fn rls_a_connection_released_inside_a_transaction_is_closed_not_reused() {
+    // A route of one's own that releases its lease but forgets the commit: the pool must not
+    // hand the open transaction, acting as the user, to the next request.
+    let db = TestDb::new().await;
+    let (store, _) = ada_on_one_connection(&db).await;
+    let mut conn = store.acquire().await.unwrap();
+    conn.enter_transaction();
+    sqlx::raw_sql("select set_config('role', 'authenticated', true); begin")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let inside: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    conn.release();
+
+    assert_ne!(
+        backend_pid(&store).await,
+        inside,
+        "released inside a transaction, yet reused"
+    );
+    assert_eq!(connection_context(&store).await, defaults());
 }
