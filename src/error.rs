@@ -35,6 +35,23 @@ pub enum ApiError {
     PayloadTooLarge,
     /// A bug: the handler panicked. Never expected; logged at error level.
     Internal,
+    /// 503 `unavailable` with `Retry-After` set to this many seconds: for when the wait is
+    /// known (a key-set refetch cooldown, an upstream's own `Retry-After`).
+    UnavailableFor(u32),
+    /// 429 `rate_limited`: the caller is over a quota; `Retry-After` says when to try again.
+    RateLimited(u32),
+    /// 502 `upstream_error`: a service this one calls refused the request.
+    UpstreamError,
+    /// Any other answer in the same `{"error", "message"}` shape, for your own routes: for
+    /// example `ApiError::custom(StatusCode::CONFLICT, "note_locked", "this note is locked")`.
+    Custom {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The stable `error` code.
+        code: &'static str,
+        /// The fixed human-readable sentence.
+        message: &'static str,
+    },
 }
 
 #[derive(Serialize)]
@@ -57,6 +74,10 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::UnavailableFor(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::UpstreamError => StatusCode::BAD_GATEWAY,
+            Self::Custom { status, .. } => status,
         }
     }
 
@@ -68,13 +89,16 @@ impl ApiError {
             Self::InsufficientScope => "insufficient_scope",
             Self::InvalidRequest => "invalid_request",
             Self::ProfileNotFound => "profile_not_found",
-            Self::Unavailable => "unavailable",
+            Self::Unavailable | Self::UnavailableFor(_) => "unavailable",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidBody => "invalid_body",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Internal => "internal",
+            Self::RateLimited(_) => "rate_limited",
+            Self::UpstreamError => "upstream_error",
+            Self::Custom { code, .. } => code,
         }
     }
 
@@ -86,7 +110,9 @@ impl ApiError {
             Self::InsufficientScope => "this token is not a signed-in user's access token",
             Self::InvalidRequest => "send exactly one Authorization header",
             Self::ProfileNotFound => "no profile exists for this user",
-            Self::Unavailable => "the service is temporarily unavailable; retry shortly",
+            Self::Unavailable | Self::UnavailableFor(_) => {
+                "the service is temporarily unavailable; retry shortly"
+            }
             Self::NotFound => "no such route",
             Self::MethodNotAllowed => "method not allowed on this route",
             Self::InvalidBody => {
@@ -95,6 +121,27 @@ impl ApiError {
             Self::UnsupportedMediaType => "send the body as Content-Type: application/json",
             Self::PayloadTooLarge => "the request body is larger than 16 KiB",
             Self::Internal => "internal error",
+            Self::RateLimited(_) => "too many requests; retry after the time in Retry-After",
+            Self::UpstreamError => "an upstream service refused the request",
+            Self::Custom { message, .. } => message,
+        }
+    }
+
+    /// An answer of your own in the error shape (see [`ApiError::Custom`]).
+    pub const fn custom(status: StatusCode, code: &'static str, message: &'static str) -> Self {
+        Self::Custom {
+            status,
+            code,
+            message,
+        }
+    }
+
+    /// The `Retry-After` seconds this answer carries, if any.
+    pub fn retry_after(self) -> Option<u32> {
+        match self {
+            Self::Unavailable => Some(RETRY_AFTER_SECONDS),
+            Self::UnavailableFor(seconds) | Self::RateLimited(seconds) => Some(seconds.max(1)),
+            _ => None,
         }
     }
 
@@ -132,8 +179,8 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static(challenge),
             );
         }
-        if self == Self::Unavailable {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         response.extensions_mut().insert(self);
@@ -150,6 +197,24 @@ mod tests {
         let r = ApiError::Unavailable.into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn known_waits_and_quotas_carry_their_own_retry_after() {
+        let r = ApiError::UnavailableFor(17).into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "17");
+        let r = ApiError::RateLimited(0).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1", "never ask for a wait of 0");
+        assert_eq!(ApiError::RateLimited(5).code(), "rate_limited");
+    }
+
+    #[test]
+    fn custom_answers_use_the_same_shape() {
+        let e = ApiError::custom(StatusCode::CONFLICT, "note_locked", "this note is locked");
+        assert_eq!((e.status(), e.code()), (StatusCode::CONFLICT, "note_locked"));
+        assert_eq!(e.retry_after(), None);
     }
 
     #[test]
