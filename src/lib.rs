@@ -123,11 +123,12 @@ async fn role_switch_problem(
     limit: Duration,
 ) -> Result<Option<String>, store::StoreError> {
     use sqlx::Row;
-    // Config allows only [a-z0-9_] in a role name, so the literal needs no escaping; the
-    // simple protocol (no bind parameters) is what works through a transaction pooler.
+    // The simple protocol (no bind parameters) is what works through a transaction pooler,
+    // so the names travel as literals. `from_raw` allows only [a-z0-9_], but `Config` fields
+    // are public: escape anyway (E'' reads backslashes the same whatever the server settings).
     let list = roles
         .iter()
-        .map(|r| format!("('{r}')"))
+        .map(|r| format!("(E'{}')", r.replace('\\', "\\\\").replace('\'', "''")))
         .collect::<Vec<_>>()
         .join(", ");
     let sql = format!(

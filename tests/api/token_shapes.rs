@@ -352,6 +352,14 @@ async fn start_up_checks_that_the_database_user_may_switch_to_each_listed_role()
         "{problem}"
     );
 
+    // `Config`'s fields are public, so a library user can list any name: it stays a name.
+    let mut config = as_login("authenticated");
+    config.allowed_roles = vec![r"o'brien\'); select pg_sleep(5); --".into()];
+    let problem = start_up_problem(config)
+        .await
+        .expect("an odd name is looked up as a name");
+    assert!(problem.contains("does not exist"), "{problem}");
+
     editor.grant(&editor.name, &login.name).await;
     assert_eq!(start_up_problem(as_login(&listed)).await, None);
 
