@@ -179,6 +179,17 @@ pub struct RawConfig {
         hide_env_values = true
     )]
     pub jwt_leeway_seconds: Option<String>,
+    /// Comma-separated `role` claims accepted as users [default: authenticated]
+    #[arg(long, env = "JWT_ALLOWED_ROLES", global = true, hide_env_values = true)]
+    pub jwt_allowed_roles: Option<String>,
+    /// Comma-separated OAuth client ids whose tokens are accepted [default: none]
+    #[arg(
+        long,
+        env = "JWT_ALLOWED_CLIENT_IDS",
+        global = true,
+        hide_env_values = true
+    )]
+    pub jwt_allowed_client_ids: Option<String>,
     /// Comma-separated browser origins allowed to call the API [default: none]
     #[arg(
         long,
@@ -287,6 +298,12 @@ pub struct Config {
     pub issuer: Option<String>,
     /// Clock skew allowed on time claims.
     pub leeway: Duration,
+    /// The `role` claims accepted as users' (`JWT_ALLOWED_ROLES`); never `anon` or
+    /// `service_role`. With `DB_RLS=on` the database user must be able to switch to each.
+    pub allowed_roles: Vec<String>,
+    /// OAuth 2.1 clients (`client_id` claim) whose access tokens are accepted
+    /// (`JWT_ALLOWED_CLIENT_IDS`); empty accepts first-party tokens only.
+    pub allowed_client_ids: Vec<uuid::Uuid>,
     /// Allowed CORS origins (`*` allows any).
     pub cors_origins: Vec<HeaderValue>,
     /// Prometheus listener; `None` disables it.
@@ -436,6 +453,14 @@ impl Config {
                     )
                 })?,
         };
+        let allowed_roles = match non_empty(&raw.jwt_allowed_roles) {
+            None => vec!["authenticated".to_owned()],
+            Some(list) => parse_allowed_roles(list)?,
+        };
+        let allowed_client_ids = match non_empty(&raw.jwt_allowed_client_ids) {
+            None => Vec::new(),
+            Some(list) => parse_client_ids(list)?,
+        };
 
         let cors_origins = match non_empty(&raw.cors_allowed_origins) {
             None => Vec::new(),
@@ -568,6 +593,8 @@ impl Config {
             audience,
             issuer,
             leeway,
+            allowed_roles,
+            allowed_client_ids,
             cors_origins,
             metrics_addr,
             log_format,
@@ -622,6 +649,66 @@ fn join_auth_path(base: &Url, path: &str) -> Result<Url, ConfigError> {
     Url::parse(&with_slash)
         .and_then(|b| b.join(path))
         .map_err(|_| ConfigError::new("SUPABASE_URL", "cannot derive the key set URL from it"))
+}
+
+/// The project's API keys are signed JWTs too, with `role` set to one of these. They are not
+/// users: anyone holding the public `anon` key, or any server holding `service_role` (which
+/// bypasses row-level security), would pass for a signed-in user, with no `sub` of their own.
+pub(crate) const PROJECT_KEY_ROLES: [&str; 2] = ["anon", "service_role"];
+
+fn parse_allowed_roles(list: &str) -> Result<Vec<String>, ConfigError> {
+    const VAR: &str = "JWT_ALLOWED_ROLES";
+    let mut roles: Vec<String> = Vec::new();
+    for role in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if PROJECT_KEY_ROLES.contains(&role) {
+            return Err(ConfigError::new(
+                VAR,
+                format!(
+                    "lists `{role}`, the role of a project API key, not of a signed-in user; remove it"
+                ),
+            ));
+        }
+        // The role becomes a `SET ROLE` target under DB_RLS=on: keep to names that need no
+        // quoting, so the name in the token and the name in the database cannot differ.
+        let plain = role.len() <= 63
+            && role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && role
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(ConfigError::new(
+                VAR,
+                "each role must be a lower-case Postgres role name (a-z, 0-9, _; at most 63 bytes)",
+            ));
+        }
+        if !roles.iter().any(|r| r == role) {
+            roles.push(role.to_owned());
+        }
+    }
+    if roles.is_empty() {
+        return Err(ConfigError::new(VAR, "must list at least one role"));
+    }
+    Ok(roles)
+}
+
+fn parse_client_ids(list: &str) -> Result<Vec<uuid::Uuid>, ConfigError> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        // Not echoed: a client secret pasted here by mistake must not reach the logs.
+        .map(|(i, id)| {
+            uuid::Uuid::try_parse(id).map_err(|_| {
+                ConfigError::new(
+                    "JWT_ALLOWED_CLIENT_IDS",
+                    format!(
+                        "item {} is not a client id (a UUID, from Authentication > OAuth Apps)",
+                        i + 1
+                    ),
+                )
+            })
+        })
+        .collect()
 }
 
 fn parse_origin(raw: &str) -> Result<HeaderValue, ConfigError> {
@@ -798,6 +885,53 @@ mod tests {
         let mut raw = raw_pg();
         raw.server_timing = Some("on".into());
         assert!(Config::from_raw(&raw, false).unwrap().server_timing);
+    }
+
+    #[test]
+    fn allowed_roles_default_to_authenticated_and_refuse_project_key_roles() {
+        let c = Config::from_raw(&raw_pg(), false).unwrap();
+        assert_eq!(c.allowed_roles, vec!["authenticated"]);
+        let mut raw = raw_pg();
+        raw.jwt_allowed_roles = Some(" authenticated, editor ,editor".into());
+        let c = Config::from_raw(&raw, false).unwrap();
+        assert_eq!(c.allowed_roles, vec!["authenticated", "editor"]);
+        for bad in [
+            "authenticated,anon",
+            "service_role",
+            "Editor",
+            "a-b",
+            "x;drop",
+            " , ",
+        ] {
+            raw.jwt_allowed_roles = Some(bad.into());
+            let err = Config::from_raw(&raw, false).unwrap_err();
+            assert_eq!(err.var, "JWT_ALLOWED_ROLES", "{bad}");
+        }
+        raw.jwt_allowed_roles = Some("anon".into());
+        let err = Config::from_raw(&raw, false).unwrap_err();
+        assert!(err.problem.contains("`anon`"), "{err}");
+    }
+
+    #[test]
+    fn allowed_client_ids_are_uuids_and_a_bad_one_is_not_echoed() {
+        assert!(
+            Config::from_raw(&raw_pg(), false)
+                .unwrap()
+                .allowed_client_ids
+                .is_empty()
+        );
+        let mut raw = raw_pg();
+        let id = "9a1e4f0c-3b7d-4c2a-8e5f-6d1b2c3a4f5e";
+        raw.jwt_allowed_client_ids = Some(format!("{id}, "));
+        let c = Config::from_raw(&raw, false).unwrap();
+        assert_eq!(
+            c.allowed_client_ids,
+            vec![uuid::Uuid::parse_str(id).unwrap()]
+        );
+        raw.jwt_allowed_client_ids = Some(format!("{id},sb_secret_not-a-client-id"));
+        let err = Config::from_raw(&raw, false).unwrap_err();
+        assert_eq!(err.var, "JWT_ALLOWED_CLIENT_IDS");
+        assert!(!err.to_string().contains("sb_secret"), "{err}");
     }
 
     #[test]

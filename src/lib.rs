@@ -76,15 +76,9 @@ pub async fn build_state_with(
         }
         let pg = PgStore::connect_lazy(&config).map_err(|e| StartError::Store(e.to_string()))?;
         if config.db_rls {
-            match pg.can_switch_to_authenticated().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(ConfigError::new(
-                        "DB_RLS",
-                        "the database user may not switch to role `authenticated` (run `migrate`, or `grant authenticated to <user>`), or set DB_RLS=off",
-                    )
-                    .into());
-                }
+            match role_switch_problem(&pg, &config.allowed_roles, config.db_timeout).await {
+                Ok(None) => {}
+                Ok(Some(problem)) => return Err(ConfigError::new("DB_RLS", problem).into()),
                 // The database being down at start must not stop the service: it answers 503
                 // and recovers on its own. The role check runs again on the next start.
                 Err(e) => {
@@ -117,6 +111,73 @@ pub async fn build_state_with(
         store,
         shutdown: ShutdownFlag::default(),
     })
+}
+
+/// With `DB_RLS=on` each request's transaction switches to the token's role, one of
+/// `JWT_ALLOWED_ROLES`. Checks each listed role once at start: it exists, the database user
+/// may switch to it, and it does not bypass row-level security (a superuser or `BYPASSRLS`
+/// role would make every policy moot). `Ok(Some(problem))` names the first role that fails.
+async fn role_switch_problem(
+    pg: &PgStore,
+    roles: &[String],
+    limit: Duration,
+) -> Result<Option<String>, store::StoreError> {
+    use sqlx::Row;
+    // The simple protocol (no bind parameters) is what works through a transaction pooler,
+    // so the names travel as literals. `from_raw` allows only [a-z0-9_], but `Config` fields
+    // are public: escape anyway (E'' reads backslashes the same whatever the server settings).
+    let list = roles
+        .iter()
+        .map(|r| format!("(E'{}')", r.replace('\\', "\\\\").replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "select r.name, \
+           exists (select 1 from pg_roles where rolname = r.name) as found, \
+           coalesce((select rolsuper from pg_roles where rolname = current_user), false) \
+             or coalesce((select pg_has_role(current_user, p.oid, 'member') \
+                          from pg_roles p where p.rolname = r.name), false) as may_switch, \
+           coalesce((select rolsuper or rolbypassrls from pg_roles where rolname = r.name), \
+                    false) as bypasses_rls \
+         from (values {list}) as r(name)"
+    );
+    let rows = tokio::time::timeout(limit, async {
+        let mut lease = pg.acquire().await?;
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *lease)
+            .await
+            .map_err(store::StoreError::unavailable)?;
+        lease.release();
+        Ok::<_, store::StoreError>(rows)
+    })
+    .await
+    .map_err(|_| store::StoreError::Unavailable("role check timed out".into()))??;
+    for row in rows {
+        let get = |column: &str| {
+            row.try_get::<bool, _>(column)
+                .map_err(store::StoreError::unavailable)
+        };
+        let name: String = row
+            .try_get("name")
+            .map_err(store::StoreError::unavailable)?;
+        let problem = if !get("found")? {
+            format!(
+                "role `{name}` (JWT_ALLOWED_ROLES) does not exist in the database; create it (`migrate` creates `authenticated`), remove it from JWT_ALLOWED_ROLES, or set DB_RLS=off"
+            )
+        } else if !get("may_switch")? {
+            format!(
+                "the database user may not switch to role `{name}` (JWT_ALLOWED_ROLES); run `grant {name} to <user>` (`migrate` does it for `authenticated`), remove it from JWT_ALLOWED_ROLES, or set DB_RLS=off"
+            )
+        } else if get("bypasses_rls")? {
+            format!(
+                "role `{name}` (JWT_ALLOWED_ROLES) is a superuser or has BYPASSRLS, so row-level security would not apply to its requests; remove it from JWT_ALLOWED_ROLES"
+            )
+        } else {
+            continue;
+        };
+        return Ok(Some(problem));
+    }
+    Ok(None)
 }
 
 /// [`build_state_with`] without migrating Postgres (the embedded store is always migrated).

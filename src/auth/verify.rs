@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use super::cache::{Lookup, TokenCache};
 use super::claims::{Claims, UserId};
 use super::jwks::KeySet;
-use crate::config::Config;
+use crate::config::{Config, PROJECT_KEY_ROLES};
 use crate::error::ApiError;
 use crate::telemetry::metrics;
 
@@ -56,9 +56,18 @@ pub enum AuthError {
     /// `sub` missing or not a UUID.
     #[error("bad subject")]
     BadSubject,
-    /// Signed by the project, but not a user's token (`role` is not `authenticated`).
+    /// Signed by the project, but not a user's token: no `role`, or a project API key's
+    /// (`anon`, `service_role`).
     #[error("not a user token")]
     NotUserToken,
+    /// A user's token whose `role` (set by a Custom Access Token Hook) is not in
+    /// `JWT_ALLOWED_ROLES`.
+    #[error("role not allowed")]
+    RoleNotAllowed,
+    /// An access token issued to a third-party OAuth client (`client_id`) that
+    /// `JWT_ALLOWED_CLIENT_IDS` does not list.
+    #[error("OAuth client not allowed")]
+    ClientNotAllowed,
     /// `SESSION_CHECK=on` and the token's session was logged out or has expired.
     #[error("session ended")]
     SessionEnded,
@@ -82,6 +91,8 @@ impl AuthError {
             Self::WrongIssuer => "wrong_issuer",
             Self::BadSubject => "bad_subject",
             Self::NotUserToken => "not_user_token",
+            Self::RoleNotAllowed => "role_not_allowed",
+            Self::ClientNotAllowed => "client_not_allowed",
             Self::SessionEnded => "session_ended",
         }
     }
@@ -93,7 +104,9 @@ impl From<AuthError> for ApiError {
             AuthError::Missing => ApiError::MissingToken,
             AuthError::DuplicateHeader => ApiError::InvalidRequest,
             AuthError::KeySetUnavailable => ApiError::Unavailable,
-            AuthError::NotUserToken => ApiError::InsufficientScope,
+            AuthError::NotUserToken | AuthError::RoleNotAllowed | AuthError::ClientNotAllowed => {
+                ApiError::InsufficientScope
+            }
             _ => ApiError::InvalidToken,
         }
     }
@@ -107,6 +120,8 @@ pub struct Verifier {
     audience: String,
     issuer: Option<String>,
     leeway: u64,
+    allowed_roles: Vec<String>,
+    allowed_client_ids: Vec<uuid::Uuid>,
     cache: TokenCache,
 }
 
@@ -118,6 +133,8 @@ impl std::fmt::Debug for Verifier {
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .field("leeway", &self.leeway)
+            .field("allowed_roles", &self.allowed_roles)
+            .field("allowed_client_ids", &self.allowed_client_ids)
             .finish()
     }
 }
@@ -134,6 +151,8 @@ impl Verifier {
             audience: config.audience.clone(),
             issuer: config.issuer.clone(),
             leeway: config.leeway.as_secs(),
+            allowed_roles: config.allowed_roles.clone(),
+            allowed_client_ids: config.allowed_client_ids.clone(),
             cache: TokenCache::new(config.token_cache_size),
         }
     }
@@ -257,8 +276,17 @@ impl Verifier {
                 None => return Err(AuthError::Malformed),
             },
         }
-        if claims.get("role").and_then(Value::as_str) != Some("authenticated") {
-            return Err(AuthError::NotUserToken);
+        // A role we do not accept is refused before the audience, so that a project API key
+        // (`anon`, `service_role`: no `aud`) is reported as "not a user token". A token with no
+        // `role` at all (an OpenID Connect ID token: `aud` is its OAuth client) goes on to the
+        // audience rule, which is what it fails.
+        let role = claims.get("role");
+        if let Some(role) = role {
+            match role.as_str() {
+                Some(r) if self.allowed_roles.iter().any(|a| a == r) => {}
+                Some(r) if PROJECT_KEY_ROLES.contains(&r) => return Err(AuthError::NotUserToken),
+                _ => return Err(AuthError::RoleNotAllowed),
+            }
         }
         let aud_ok = match claims.get("aud") {
             Some(Value::String(a)) => *a == self.audience,
@@ -274,6 +302,22 @@ impl Verifier {
             && claims.get("iss").and_then(Value::as_str) != Some(expected.as_str())
         {
             return Err(AuthError::WrongIssuer);
+        }
+        if role.is_none() {
+            return Err(AuthError::NotUserToken);
+        }
+        // Supabase's OAuth 2.1 server gives third-party clients (MCP tools among them, which
+        // register themselves) access tokens shaped like the app's own plus `client_id`. The
+        // user consented to that client, not to this API: first-party tokens only, unless the
+        // operator lists the client.
+        if let Some(client) = claims.get("client_id") {
+            let listed = client
+                .as_str()
+                .and_then(|c| uuid::Uuid::try_parse(c).ok())
+                .is_some_and(|c| self.allowed_client_ids.contains(&c));
+            if !listed {
+                return Err(AuthError::ClientNotAllowed);
+            }
         }
         let sub = claims
             .get("sub")

@@ -1,10 +1,12 @@
 //! One integration-test binary: the crate links once (this matters on 2-core CI).
 #![allow(clippy::unwrap_used)]
 
+mod bans;
 mod cli;
 mod deploy_files;
 mod errors;
 mod fixtures;
+mod grants;
 mod happy;
 mod helpers;
 mod hostile;
@@ -17,3 +19,4 @@ mod property;
 mod request_logs;
 mod rls;
 mod shutdown;
+mod token_shapes;
