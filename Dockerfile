@@ -16,7 +16,7 @@ WORKDIR /src
 # anything, so their sources come along; only the binary is built. README.md is the library's
 # documentation (include_str!). The registry and the compiled dependencies live in cache
 # mounts that outlive the layer, so a source change recompiles only this crate.
-COPY Cargo.toml Cargo.lock README.md ./
+COPY Cargo.toml Cargo.lock README.md build.rs ./
 COPY migrations ./migrations
 COPY src ./src
 COPY benches ./benches
