@@ -267,6 +267,21 @@ impl PgStore {
     /// transactions (a transaction-mode pooler such as PgBouncer or Supavisor on 6543), so
     /// that reads now carry their SQL inline. Always false unless `DB_PREPARED_STATEMENTS` is
     /// `auto` and the URL did not already say so.
+    ///
+    /// ```
+    /// use supabase_jwt_service::PgStore;
+    /// use supabase_jwt_service::config::{Config, PreparedStatements};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A PgBouncer on its default port: nothing in the URL says "transaction mode".
+    /// let url = "postgres://app@127.0.0.1:6432/app";
+    /// let config = Config::for_tests(url, "a-test-secret-of-at-least-32-bytes-long")?;
+    /// assert_eq!(config.prepared_statements, PreparedStatements::Auto);
+    /// let store = PgStore::connect_lazy(&config)?;
+    /// assert!(!store.pooler_detected(), "nothing has been read yet");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pooler_detected(&self) -> bool {
         self.pooler_detected.load(Ordering::Relaxed)
     }
