@@ -230,8 +230,46 @@ async fn requests_across_a_server_switch(prepared: &str, rls: &str) -> Switch {
     }
 }
 
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8(bytes).unwrap()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 #[tokio::test]
 async fn pooler_auto_detects_the_pooler_when_a_read_lands_on_another_server() {
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `#[tokio::test]` runs the server on this thread, so this captures its logs alone.
+    let logs = Captured::default();
+    let _capture = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish()
+        .set_default();
     for rls in ["on", "off"] {
         let switch = requests_across_a_server_switch("auto", rls).await;
         // X holds the read this connection prepared, under its own name, and nothing sqlx
@@ -246,6 +284,15 @@ async fn pooler_auto_detects_the_pooler_when_a_read_lands_on_another_server() {
             "DB_RLS={rls}"
         );
     }
+    // Said once per store, at INFO, and without the claims the failed message carried.
+    let logs = logs.text();
+    let said: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("transaction-mode pooler detected"))
+        .collect();
+    assert_eq!(said.len(), 2, "{logs}");
+    assert!(said.iter().all(|l| l.contains("INFO")), "{said:?}");
+    assert!(!logs.contains("@example.com"), "{logs}");
 }
 
 #[tokio::test]
