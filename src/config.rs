@@ -133,6 +133,32 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the Postgres store names its statements (`DB_PREPARED_STATEMENTS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreparedStatements {
+    /// Reads use a statement prepared once per connection, under a name unique to that
+    /// connection, until a read meets a transaction-mode pooler (the statement is missing on
+    /// the server it landed on); from then on every read carries its SQL inline. sqlx's own
+    /// statement cache stays off, so nothing else is named.
+    Auto,
+    /// Named statements always, sqlx's statement cache included: for a connection known to
+    /// keep one server (direct, or a session-mode pooler). Behind a transaction-mode pooler
+    /// reads fail with 503.
+    On,
+    /// Nothing named, ever: every read carries its SQL inline.
+    Off,
+}
+
+impl fmt::Display for PreparedStatements {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::On => "on",
+            Self::Off => "off",
+        })
+    }
+}
+
 /// Raw configuration as collected by clap from flags and environment. Every field is an
 /// optional string so that all typed parsing, and its one-line errors, happen in [`Config::from_raw`].
 #[derive(Debug, Clone, Default, Args)]
@@ -312,8 +338,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Run user queries as `authenticated` with the verified claims (Postgres only).
     pub db_rls: bool,
-    /// Use named prepared statements (off behind a transaction-mode pooler).
-    pub prepared_statements: bool,
+    /// How statements are named; `Auto` already resolved to `Off` for a URL that names a
+    /// transaction-mode pooler.
+    pub prepared_statements: PreparedStatements,
     /// Check `auth.sessions` for the token's `session_id`.
     pub session_check: bool,
     /// Bound on one store call, pool wait included.
@@ -511,12 +538,20 @@ impl Config {
             .map(str::to_ascii_lowercase)
             .as_deref()
         {
-            None | Some("auto") => !database_url.looks_like_transaction_pooler(),
-            Some(other) => {
-                parse_switch("DB_PREPARED_STATEMENTS", Some(other), true).map_err(|_| {
-                    ConfigError::new("DB_PREPARED_STATEMENTS", "must be auto, on or off")
-                })?
+            None | Some("auto") if database_url.looks_like_transaction_pooler() => {
+                PreparedStatements::Off
             }
+            None | Some("auto") => PreparedStatements::Auto,
+            Some(other) => match parse_switch("DB_PREPARED_STATEMENTS", Some(other), true) {
+                Ok(true) => PreparedStatements::On,
+                Ok(false) => PreparedStatements::Off,
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        "DB_PREPARED_STATEMENTS",
+                        "must be auto, on or off",
+                    ));
+                }
+            },
         };
 
         let db_timeout = parse_seconds(
@@ -797,15 +832,25 @@ mod tests {
 
     #[test]
     fn pooler_port_turns_prepared_statements_off() {
+        let prepared = |raw: &RawConfig| Config::from_raw(raw, false).unwrap().prepared_statements;
         let mut raw = raw_pg();
         raw.database_url = Some("postgres://u:p@aws-0.pooler.supabase.com:6543/postgres".into());
-        assert!(!Config::from_raw(&raw, false).unwrap().prepared_statements);
+        assert_eq!(prepared(&raw), PreparedStatements::Off);
         raw.database_url = Some("postgres://u:p@h:5432/db?pgbouncer=true".into());
-        assert!(!Config::from_raw(&raw, false).unwrap().prepared_statements);
-        raw.database_url = Some("postgres://u:p@h:5432/db".into());
-        assert!(Config::from_raw(&raw, false).unwrap().prepared_statements);
+        assert_eq!(prepared(&raw), PreparedStatements::Off);
+        raw.db_prepared_statements = Some("on".into());
+        assert_eq!(prepared(&raw), PreparedStatements::On);
+        raw.database_url = Some("postgres://u:p@h:6432/db".into());
+        raw.db_prepared_statements = None;
+        assert_eq!(prepared(&raw), PreparedStatements::Auto);
+        raw.db_prepared_statements = Some("AUTO".into());
+        assert_eq!(prepared(&raw), PreparedStatements::Auto);
         raw.db_prepared_statements = Some("off".into());
-        assert!(!Config::from_raw(&raw, false).unwrap().prepared_statements);
+        assert_eq!(prepared(&raw), PreparedStatements::Off);
+        raw.db_prepared_statements = Some("sometimes".into());
+        let err = Config::from_raw(&raw, false).unwrap_err();
+        assert_eq!(err.var, "DB_PREPARED_STATEMENTS");
+        assert!(!err.problem.contains("sometimes"), "{err}");
     }
 
     #[test]

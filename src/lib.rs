@@ -274,7 +274,7 @@ pub fn log_startup(config: &Config, addr: std::net::SocketAddr) {
         %addr,
         store = %config.database_url.masked(),
         rls = config.db_rls,
-        prepared_statements = config.prepared_statements,
+        prepared_statements = %config.prepared_statements,
         issuer = config.issuer.as_deref().unwrap_or("(not checked)"),
         key_set = config.jwks_url.as_ref().map(|u| u.as_str()).unwrap_or("(none)"),
         hs256 = config.jwt_secret.is_some(),

@@ -68,6 +68,7 @@ struct Idle {
     conn: PgConnection,
     created: Instant,
     since: Instant,
+    prepared_read: Option<u64>,
 }
 
 impl ConnPool {
@@ -114,6 +115,7 @@ impl ConnPool {
                         permit: Some(permit),
                         shared: Arc::clone(shared),
                         in_transaction: false,
+                        prepared_read: idle.prepared_read,
                     });
                 }
                 Some(stale) => shared.close_in_background(stale.conn),
@@ -134,6 +136,7 @@ impl ConnPool {
             permit: Some(permit),
             shared: Arc::clone(shared),
             in_transaction: false,
+            prepared_read: None,
         })
     }
 
@@ -188,11 +191,12 @@ impl Shared {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn make_idle(&self, conn: PgConnection, created: Instant) {
+    fn make_idle(&self, conn: PgConnection, created: Instant, prepared_read: Option<u64>) {
         self.lock_idle().push(Idle {
             conn,
             created,
             since: Instant::now(),
+            prepared_read,
         });
     }
 
@@ -223,9 +227,24 @@ pub struct Lease {
     permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
     in_transaction: bool,
+    prepared_read: Option<u64>,
 }
 
 impl Lease {
+    /// The tag of the read statement this connection is known to hold (see
+    /// [`set_prepared_read`](Self::set_prepared_read)); `None` when none is known.
+    pub(crate) fn prepared_read(&self) -> Option<u64> {
+        self.prepared_read
+    }
+
+    /// Records which SQL-level prepared statement the store's reads may `EXECUTE` on this
+    /// connection, by the random tag in its name. It stays with the connection across leases,
+    /// since a prepared statement lives as long as the session, whatever transaction it was
+    /// prepared in.
+    pub(crate) fn set_prepared_read(&mut self, tag: Option<u64>) {
+        self.prepared_read = tag;
+    }
+
     /// Call before sending anything that may open an explicit transaction (`BEGIN`): until
     /// [`transaction_ended`](Self::transaction_ended), the connection is never reused, whether
     /// the lease is released or dropped; it is closed, which ends the transaction on the server.
@@ -251,7 +270,8 @@ impl Lease {
                 self.in_transaction = true;
                 return;
             }
-            self.shared.make_idle(conn, self.created);
+            self.shared
+                .make_idle(conn, self.created, self.prepared_read);
         }
         // The permit is dropped after the push, so a waiter finds the connection idle.
     }
@@ -284,6 +304,7 @@ impl Drop for Lease {
         let permit = self.permit.take();
         let shared = Arc::clone(&self.shared);
         let (created, in_transaction) = (self.created, self.in_transaction);
+        let prepared_read = self.prepared_read;
         let retire = async move {
             // Waiting for the server to answer everything it was sent means the backend is
             // done with our work (and any rollback sqlx queued ran) before the slot is reused.
@@ -292,7 +313,7 @@ impl Drop for Lease {
                 Ok(Ok(()))
             );
             if drained && !in_transaction {
-                shared.make_idle(conn, created);
+                shared.make_idle(conn, created, prepared_read);
             } else {
                 if drained {
                     // The backend ends the transaction, whatever state it is in, on Terminate.

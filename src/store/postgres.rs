@@ -1,5 +1,8 @@
-//! The Postgres store: row-level security per transaction, pooler-safe statements.
+//! The Postgres store: row-level security per transaction, statements safe behind any
+//! transaction-mode pooler.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -9,14 +12,8 @@ use uuid::Uuid;
 use super::pool::{ConnPool, Lease, PoolSettings};
 use super::{PoolStats, StoreError, StoreFuture, UserRow, UserStore, bounded};
 use crate::auth::Claims;
-use crate::config::Config;
+use crate::config::{Config, PreparedStatements};
 
-const SELECT_PROFILE: &str = "select id, full_name, avatar_url from public.users where id = $1";
-/// One round trip for both the session and the profile: the left join keeps the session
-/// answer even when the profile row is missing.
-const SELECT_PROFILE_AND_SESSION: &str = "select jwt_service.session_active($2, $1) as session_active, \
-     u.id, u.full_name, u.avatar_url \
-     from (select 1) as one left join public.users u on u.id = $1";
 const UPDATE_NAME: &str = "update public.users set full_name = $2, updated_at = now() \
      where id = $1 returning id, full_name, avatar_url";
 /// The update and the session check in one statement: the update touches the row only while
@@ -26,75 +23,109 @@ const UPDATE_NAME_IF_SESSION_ACTIVE: &str = "with s as (select jwt_service.sessi
            where id = $1 and (select active from s) returning id, full_name, avatar_url) \
      select s.active as session_active, u.id, u.full_name, u.avatar_url from s left join u on true";
 
-/// The statement that opens a user's transaction under row-level security: it sets `role` and
-/// `request.jwt.claims` transaction-locally (as PostgREST does), then `begin`s, all in one
-/// simple-protocol message, so it costs one round trip instead of two (`BEGIN`, then a bound
-/// `set_config`, which is itself two round trips as an unnamed statement).
+/// The statements that switch to the verified user for the rest of the transaction, as
+/// PostgREST does: `role` becomes the token's role and `request.jwt.claims` its payload, both
+/// `SET LOCAL`, so they end with the transaction whatever happens. The role is one the
+/// configuration allows (the verifier refuses others) and is quoted as an identifier anyway;
+/// the claims are a literal, see [`quote_literal`].
 ///
-/// Why this order: the `select` runs in the message's implicit transaction, which `begin`
-/// turns into the explicit one (PostgreSQL protocol docs, "Multiple Statements in a Simple
-/// Query"), so the settings last until `commit`. Were `begin` first, a failing `set_config`
-/// would leave the connection in an aborted transaction; this way a failure aborts only the
-/// implicit transaction.
-///
-/// The role switch and the user's queries are separate statements on purpose: a policy is
-/// applied when a statement is planned, under the role current then, so switching the role
-/// inside the user's own statement would not be guaranteed to take effect.
-///
-/// The simple protocol takes no bind parameters, so the claims travel as a literal; see
-/// [`quote_literal`] for why that is safe.
-fn begin_as_sql(claims_json: &str) -> String {
-    format!(
-        "select set_config('role', 'authenticated', true), \
-         set_config('request.jwt.claims', {}, true); begin",
-        quote_literal(claims_json)
-    )
+/// The role switch is a statement of its own, never part of a user query, on purpose: a
+/// policy is applied when a statement is planned, under the role current then.
+fn rls_context_sql(role: &str, claims_json: &str) -> String {
+    let mut sql = String::with_capacity(80 + role.len() + claims_json.len());
+    sql.push_str("set local role ");
+    sql.push_str(&quote_ident(role));
+    sql.push_str("; set local request.jwt.claims = ");
+    sql.push_str(&quote_literal(claims_json));
+    sql.push_str("; ");
+    sql
 }
 
-/// Names of the statements `PREPARE`d on every direct connection under `DB_RLS=on`: the
-/// profile read, without and with the session check. SQL-level prepared statements share
-/// their namespace with the protocol-level ones sqlx names `sqlx_s_N`, hence the prefix.
-const PREPARED_PROFILE: &str = "sjs_profile";
-const PREPARED_PROFILE_AND_SESSION: &str = "sjs_profile_session";
+/// The message that opens a user's transaction under row-level security: the context of
+/// [`rls_context_sql`], then `begin`, all in one simple-protocol message, so it costs one round
+/// trip instead of two (`BEGIN`, then a bound `set_config`, which is itself two round trips as
+/// an unnamed statement).
+///
+/// Why this order: the settings run in the message's implicit transaction, which `begin` turns
+/// into the explicit one (PostgreSQL protocol docs, "Multiple Statements in a Simple Query"),
+/// so they last until `commit`. Were `begin` first, a refused role switch would leave the
+/// connection in an aborted transaction; this way a failure aborts only the implicit one.
+fn begin_as_sql(role: &str, claims_json: &str) -> String {
+    let mut sql = rls_context_sql(role, claims_json);
+    sql.push_str("begin");
+    sql
+}
 
-/// What every new direct connection runs once under `DB_RLS=on`, so that each read is one
-/// simple-protocol message that still uses a cached plan (see [`read_in_one_message`]).
-/// Postgres re-plans a prepared statement when the role it runs under changes the table's
-/// row-level security (plancache.c, `dependsOnRLS`), so preparing it as the connecting user
-/// and running it as `authenticated` applies the policies.
-fn prepare_reads_sql(session_check: bool) -> String {
-    if session_check {
-        format!(
-            "prepare {PREPARED_PROFILE_AND_SESSION}(uuid, uuid) as \
-             select jwt_service.session_active($2, $1) as session_active, \
+/// The profile read, with the session's state when `session` is given, over `sub` and
+/// `session` as SQL expressions: `$1` and `$2` when it is prepared, literals when it is inline,
+/// so both forms run the same text. With the session check, one round trip answers both: the
+/// left join keeps the session's answer even when the profile row is missing.
+fn profile_select(sub: &str, session: Option<&str>) -> String {
+    match session {
+        Some(session) => format!(
+            "select jwt_service.session_active({session}, {sub}) as session_active, \
              u.id, u.full_name, u.avatar_url \
-             from (select 1) as one left join public.users u on u.id = $1"
-        )
-    } else {
-        format!("prepare {PREPARED_PROFILE}(uuid) as {SELECT_PROFILE}")
+             from (select 1) as one left join public.users u on u.id = {sub}"
+        ),
+        None => format!("select id, full_name, avatar_url from public.users where id = {sub}"),
     }
 }
 
-/// How [`read_in_one_message`] names the select.
+/// The name of a connection's prepared read: `tag` is random and drawn afresh for every
+/// attempt to prepare one, so no two connections (nor two attempts on one connection) share a
+/// name, and an `execute` can only ever run the statement this connection prepared under it.
+/// SQL-level prepared statements share their namespace with the protocol-level ones sqlx names
+/// `sqlx_s_N`, hence the prefix.
+fn read_statement_name(tag: u64, session_check: bool) -> String {
+    let suffix = if session_check { "_session" } else { "" };
+    format!("sjs_{tag:016x}_profile{suffix}")
+}
+
+/// Prepares the read for [`ReadForm::Prepare`]. It runs in the read's own message, the first
+/// time a connection reads, rather than when the connection opens: parsing it takes a lock on
+/// `public.users`, which must wait inside a bounded request, not in the pool's connect. Postgres
+/// re-plans a prepared statement when the role it runs under changes the table's row-level
+/// security (plancache.c, `dependsOnRLS`), so the policies apply whichever role executes it.
+fn prepare_read_sql(tag: u64, session_check: bool) -> String {
+    let name = read_statement_name(tag, session_check);
+    if session_check {
+        format!(
+            "prepare {name}(uuid, uuid) as {}",
+            profile_select("$1", Some("$2"))
+        )
+    } else {
+        format!("prepare {name}(uuid) as {}", profile_select("$1", None))
+    }
+}
+
+/// Runs the read that [`prepare_read_sql`] prepared under `tag`.
+fn execute_read_sql(tag: u64, sub: &str, session: Option<&str>) -> String {
+    let name = read_statement_name(tag, session.is_some());
+    match session {
+        Some(session) => format!("execute {name}('{sub}', '{session}')"),
+        None => format!("execute {name}('{sub}')"),
+    }
+}
+
+/// How [`read_in_one_message`] states the select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadForm {
     /// The select's text inline: nothing named, as a transaction-mode pooler needs.
     Inline,
-    /// `execute` of the statement [`prepare_reads_sql`] prepared on this connection.
-    Prepared,
+    /// `prepare` under a fresh tag, then `execute`: the first read on a connection.
+    Prepare(u64),
+    /// `execute` of the statement this connection prepared under that tag.
+    Execute(u64),
 }
 
 /// The read of one request as a single simple-protocol message: under `DB_RLS=on` it first
-/// sets `role` and `request.jwt.claims` with `SET LOCAL`, then selects the profile (and the
-/// session's state). The statements of one simple `Query` message run as one implicit
-/// transaction (PostgreSQL protocol docs, "Multiple Statements in a Simple Query"), so the
-/// settings hold for the select and end with it, an error rolls back everything, and no
-/// state can outlive the message. That makes it one round trip with nothing to clean up,
-/// which is why both the pooler path and the direct `DB_RLS=on` path use it; through a
-/// transaction-mode pooler the message is one transaction on one backend.
-///
-/// The role switch and the select are separate statements on purpose: a policy is applied
-/// when a statement is planned, under the role current then.
+/// switches to the user ([`rls_context_sql`]), then selects the profile (and the session's
+/// state). The statements of one simple `Query` message run as one implicit transaction
+/// (PostgreSQL protocol docs, "Multiple Statements in a Simple Query"), so the settings hold
+/// for the select and end with it, an error rolls back everything, and no state can outlive
+/// the message but a `PREPARE` (which is not transactional, and named for this connection
+/// alone). That makes it one round trip with nothing to clean up; through a transaction-mode
+/// pooler the message is one transaction on one backend.
 ///
 /// Only values we produced or checked are inlined: the ids are canonical UUIDs (parsed, then
 /// printed by `uuid`), and the claims go through [`quote_literal`].
@@ -104,32 +135,54 @@ fn read_in_one_message(
     session: Option<Uuid>,
     form: ReadForm,
 ) -> String {
-    let mut sql = String::with_capacity(256 + claims.raw_json().len());
-    if rls {
-        sql.push_str("set local role authenticated; set local request.jwt.claims = ");
-        sql.push_str(&quote_literal(claims.raw_json()));
-        sql.push_str("; ");
-    }
-    let sub = claims.sub.uuid().hyphenated();
-    match (session, form) {
-        (Some(session), ReadForm::Inline) => sql.push_str(&format!(
-            "select jwt_service.session_active('{}'::uuid, '{sub}'::uuid) as session_active, \
-             u.id, u.full_name, u.avatar_url \
-             from (select 1) as one left join public.users u on u.id = '{sub}'::uuid",
-            session.hyphenated()
-        )),
-        (None, ReadForm::Inline) => sql.push_str(&format!(
-            "select id, full_name, avatar_url from public.users where id = '{sub}'::uuid"
-        )),
-        (Some(session), ReadForm::Prepared) => sql.push_str(&format!(
-            "execute {PREPARED_PROFILE_AND_SESSION}('{sub}', '{}')",
-            session.hyphenated()
-        )),
-        (None, ReadForm::Prepared) => {
-            sql.push_str(&format!("execute {PREPARED_PROFILE}('{sub}')"));
+    let mut sql = if rls {
+        rls_context_sql(&claims.role, claims.raw_json())
+    } else {
+        String::with_capacity(256)
+    };
+    let sub = claims.sub.uuid().hyphenated().to_string();
+    let session = session.map(|s| s.hyphenated().to_string());
+    match form {
+        ReadForm::Inline => {
+            let sub = format!("'{sub}'::uuid");
+            let session = session.map(|s| format!("'{s}'::uuid"));
+            sql.push_str(&profile_select(&sub, session.as_deref()));
+        }
+        ReadForm::Prepare(tag) => {
+            sql.push_str(&prepare_read_sql(tag, session.is_some()));
+            sql.push_str("; ");
+            sql.push_str(&execute_read_sql(tag, &sub, session.as_deref()));
+        }
+        ReadForm::Execute(tag) => {
+            sql.push_str(&execute_read_sql(tag, &sub, session.as_deref()));
         }
     }
     sql
+}
+
+/// True for the errors a prepared read meets behind a transaction-mode pooler: the statement
+/// is missing on the server that answered (`26000`, invalid_sql_statement_name), or a name
+/// this connection prepared is already there (`42P05`, duplicate_prepared_statement).
+fn names_not_kept(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => matches!(e.code().as_deref(), Some("26000" | "42P05")),
+        _ => false,
+    }
+}
+
+/// Quotes `name` as a PostgreSQL identifier: inside double quotes, with every double quote
+/// doubled, so the identifier ends exactly where we end it and keeps its case.
+fn quote_ident(name: &str) -> String {
+    let mut quoted = String::with_capacity(name.len() + 2);
+    quoted.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            quoted.push('"');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// Quotes `text` as a PostgreSQL escape-string literal, `E'…'`: every backslash and quote is
@@ -156,7 +209,9 @@ fn quote_literal(text: &str) -> String {
 pub struct PgStore {
     pool: ConnPool,
     rls: bool,
-    prepared: bool,
+    prepared: PreparedStatements,
+    /// Set by the first read that met a transaction-mode pooler, for every clone of the store.
+    pooler_detected: Arc<AtomicBool>,
     session_check: bool,
     timeout: Duration,
 }
@@ -175,9 +230,12 @@ impl PgStore {
         options = options
             .application_name("supabase-jwt-service")
             .disable_statement_logging();
-        if !config.prepared_statements {
-            // Behind a transaction-mode pooler a named statement prepared on one backend is
-            // missing (or, worse, different) on the next: use only unnamed statements.
+        if config.prepared_statements != PreparedStatements::On {
+            // Behind a transaction-mode pooler a statement sqlx names on one backend is
+            // missing on the next, or is another client connection's statement of the same
+            // name: sqlx must name nothing unless told the server stays the same. Reads name
+            // their statements themselves (see `ReadForm`), writes run unnamed statements
+            // inside their transaction.
             options = options.statement_cache_capacity(0);
         }
         let settings = PoolSettings {
@@ -188,13 +246,13 @@ impl PgStore {
             acquire_timeout: config.db_timeout.mul_f64(0.8),
             idle_timeout: Duration::from_secs(300),
             max_lifetime: Duration::from_secs(1800),
-            after_connect: (config.db_rls && config.prepared_statements)
-                .then(|| prepare_reads_sql(config.session_check)),
+            after_connect: None,
         };
         Ok(Self {
             pool: ConnPool::new(options, settings),
             rls: config.db_rls,
             prepared: config.prepared_statements,
+            pooler_detected: Arc::new(AtomicBool::new(false)),
             session_check: config.session_check,
             timeout: config.db_timeout,
         })
@@ -205,14 +263,90 @@ impl PgStore {
         &self.pool
     }
 
+    /// True once a read found that the connection does not keep its server between
+    /// transactions (a transaction-mode pooler such as PgBouncer or Supavisor on 6543), so
+    /// that reads now carry their SQL inline. Always false unless `DB_PREPARED_STATEMENTS` is
+    /// `auto` and the URL did not already say so.
+    ///
+    /// ```
+    /// use supabase_jwt_service::PgStore;
+    /// use supabase_jwt_service::config::{Config, PreparedStatements};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // A PgBouncer on its default port: nothing in the URL says "transaction mode".
+    /// let url = "postgres://app@127.0.0.1:6432/app";
+    /// let config = Config::for_tests(url, "a-test-secret-of-at-least-32-bytes-long")?;
+    /// assert_eq!(config.prepared_statements, PreparedStatements::Auto);
+    /// let store = PgStore::connect_lazy(&config)?;
+    /// assert!(!store.pooler_detected(), "nothing has been read yet");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn pooler_detected(&self) -> bool {
+        self.pooler_detected.load(Ordering::Relaxed)
+    }
+
+    /// The form of the next read on `lease`.
+    fn read_form(&self, lease: &Lease) -> ReadForm {
+        let inline = match self.prepared {
+            PreparedStatements::Off => true,
+            PreparedStatements::Auto => self.pooler_detected(),
+            PreparedStatements::On => false,
+        };
+        if inline {
+            return ReadForm::Inline;
+        }
+        match lease.prepared_read() {
+            Some(tag) => ReadForm::Execute(tag),
+            None => {
+                let (high, low) = Uuid::new_v4().as_u64_pair();
+                ReadForm::Prepare(high ^ low)
+            }
+        }
+    }
+
+    /// Sends one read message; remembers a statement it prepared on the connection.
+    async fn read(
+        &self,
+        lease: &mut Lease,
+        claims: &Claims,
+        session: Option<Uuid>,
+        form: ReadForm,
+    ) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
+        let sql = read_in_one_message(self.rls, claims, session, form);
+        let row = sqlx::raw_sql(AssertSqlSafe(sql))
+            .fetch_all(&mut **lease)
+            .await?
+            .pop();
+        if let ReadForm::Prepare(tag) = form {
+            // Only now is the statement known to exist. Had the message failed, the tag is
+            // forgotten and the next read prepares under a new one, so a name whose fate is
+            // unknown is never executed nor prepared again.
+            lease.set_prepared_read(Some(tag));
+        }
+        Ok(row)
+    }
+
+    /// Switches every later read to the inline form, and says so once.
+    fn note_pooler(&self, error: &sqlx::Error) {
+        if !self.pooler_detected.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                target: "supabase_jwt_service::store",
+                %error,
+                "transaction-mode pooler detected: the server that answered lacks this connection's prepared statement; reads now carry their SQL inline (DB_PREPARED_STATEMENTS=off skips this check)"
+            );
+        }
+    }
+
     /// A pooled connection, for queries of your own; hand it back with [`Lease::release`]
     /// once they succeeded. The caller bounds it in time.
     pub async fn acquire(&self) -> Result<Lease, StoreError> {
         self.pool.acquire().await.map_err(StoreError::unavailable)
     }
 
-    /// Begins a transaction acting as the verified user: `role` is `authenticated` and
-    /// `request.jwt.claims` holds `claims` until the transaction ends, so `auth.uid()`,
+    /// Begins a transaction acting as the verified user: `role` is the token's role
+    /// (`authenticated` for a signed-in user) and `request.jwt.claims` holds `claims` until
+    /// the transaction ends, so `auth.uid()`,
     /// `auth.jwt()` and the tables' row-level security policies apply to every statement run
     /// on it, as in Supabase's Data API. Nothing outlives the transaction: `commit` and
     /// `rollback` end it, and a transaction dropped while open takes its connection with it.
@@ -232,7 +366,7 @@ impl PgStore {
         let mut lease = self.acquire().await?;
         lease.enter_transaction();
         let sql = match claims {
-            Some(claims) => begin_as_sql(claims.raw_json()),
+            Some(claims) => begin_as_sql(&claims.role, claims.raw_json()),
             None => "begin".to_owned(),
         };
         sqlx::raw_sql(AssertSqlSafe(sql))
@@ -362,35 +496,20 @@ impl UserStore for PgStore {
         Box::pin(bounded(self.timeout, async move {
             let session = self.session_to_check(claims)?;
             let mut lease = self.acquire().await?;
-            let row = if self.rls || !self.prepared {
-                // One simple-protocol message, one round trip, nothing left to undo (see
-                // `read_in_one_message`). On a direct connection it executes the statement
-                // prepared when the connection opened; behind a pooler it names nothing.
-                let form = if self.prepared {
-                    ReadForm::Prepared
-                } else {
-                    ReadForm::Inline
-                };
-                sqlx::raw_sql(AssertSqlSafe(read_in_one_message(
-                    self.rls, claims, session, form,
-                )))
-                .fetch_all(&mut *lease)
-                .await
-                .map_err(StoreError::unavailable)?
-                .pop()
-            } else {
-                // Direct connection, no RLS: one named prepared statement, the cheapest
-                // query Postgres can answer; a single statement needs no explicit transaction.
-                let query = match session {
-                    Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
-                        .bind(claims.sub.uuid())
-                        .bind(session),
-                    None => sqlx::query(SELECT_PROFILE).bind(claims.sub.uuid()),
-                };
-                query
-                    .fetch_optional(&mut *lease)
-                    .await
-                    .map_err(StoreError::unavailable)?
+            let form = self.read_form(&lease);
+            let row = match self.read(&mut lease, claims, session, form).await {
+                Ok(row) => row,
+                Err(e) if self.prepared == PreparedStatements::Auto && names_not_kept(&e) => {
+                    // A transaction-mode pooler put this read on another server than the one
+                    // that holds the statement. The error ended the message's transaction and
+                    // left the connection ready, so the read is retried inline on it, once.
+                    lease.set_prepared_read(None);
+                    self.note_pooler(&e);
+                    self.read(&mut lease, claims, session, ReadForm::Inline)
+                        .await
+                        .map_err(StoreError::unavailable)?
+                }
+                Err(e) => return Err(StoreError::unavailable(e)),
             };
             lease.release();
             answer(row, session.is_some())
@@ -410,14 +529,14 @@ impl UserStore for PgStore {
                     .bind(claims.sub.uuid())
                     .bind(full_name)
                     .bind(session)
-                    .persistent(self.prepared)
+                    .persistent(self.prepared == PreparedStatements::On)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(StoreError::unavailable)?,
                 None => sqlx::query(UPDATE_NAME)
                     .bind(claims.sub.uuid())
                     .bind(full_name)
-                    .persistent(self.prepared)
+                    .persistent(self.prepared == PreparedStatements::On)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(StoreError::unavailable)?,
@@ -464,6 +583,7 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::UserId;
 
     #[test]
     fn quote_literal_doubles_quotes_and_backslashes() {
@@ -475,10 +595,75 @@ mod tests {
     }
 
     #[test]
-    fn begin_as_sql_sets_the_context_before_it_begins() {
-        let sql = begin_as_sql(r#"{"sub":"x','y"}"#);
-        assert!(sql.starts_with("select set_config('role', 'authenticated', true), "));
-        assert!(sql.contains(r#"set_config('request.jwt.claims', E'{"sub":"x'',''y"}', true)"#));
-        assert!(sql.ends_with("; begin"));
+    fn quote_ident_doubles_double_quotes_and_keeps_case() {
+        assert_eq!(quote_ident("authenticated"), r#""authenticated""#);
+        assert_eq!(quote_ident("Mixed Case"), r#""Mixed Case""#);
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(quote_ident(r#"""#), r#""""""#);
+        assert_eq!(
+            quote_ident(r#"x"; drop table t; --"#),
+            r#""x""; drop table t; --""#
+        );
+        assert_eq!(quote_ident(""), r#""""#);
+    }
+
+    #[test]
+    fn begin_as_sql_sets_the_tokens_role_and_claims_before_it_begins() {
+        let sql = begin_as_sql(r#"editor"x"#, r#"{"sub":"x','y"}"#);
+        assert_eq!(
+            sql,
+            r#"set local role "editor""x"; set local request.jwt.claims = E'{"sub":"x'',''y"}'; begin"#
+        );
+    }
+
+    fn claims(role: &str) -> Claims {
+        let sub = UserId::parse("5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f").unwrap();
+        let payload = serde_json::json!({"sub": sub.to_string(), "role": role});
+        let serde_json::Value::Object(raw) = payload else {
+            unreachable!()
+        };
+        Claims::from_payload(sub, 0, raw)
+    }
+
+    #[test]
+    fn read_in_one_message_switches_to_the_tokens_role_first() {
+        let sql = read_in_one_message(true, &claims("support"), None, ReadForm::Inline);
+        assert!(
+            sql.starts_with(r#"set local role "support"; set local request.jwt.claims = E'{"#),
+            "{sql}"
+        );
+        let sql = read_in_one_message(false, &claims("support"), None, ReadForm::Inline);
+        assert!(sql.starts_with("select id, full_name"), "{sql}");
+    }
+
+    #[test]
+    fn every_read_form_runs_the_same_select() {
+        let sub = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
+        let session = Uuid::nil();
+        let c = claims("authenticated");
+        for checked in [None, Some(session)] {
+            let inline = read_in_one_message(false, &c, checked, ReadForm::Inline);
+            let first = read_in_one_message(false, &c, checked, ReadForm::Prepare(0xab));
+            let next = read_in_one_message(false, &c, checked, ReadForm::Execute(0xab));
+            let name = read_statement_name(0xab, checked.is_some());
+            assert!(name.starts_with("sjs_00000000000000ab_profile"), "{name}");
+            assert!(name.len() < 64, "Postgres truncates names at 63 bytes");
+            let (prepare, execute) = first.split_once("; ").unwrap();
+            assert_eq!(execute, next);
+            assert!(
+                next.starts_with(&format!("execute {name}('{sub}'")),
+                "{next}"
+            );
+            // The prepared text is the inline one with its literals as parameters.
+            let params = if checked.is_some() {
+                "(uuid, uuid)"
+            } else {
+                "(uuid)"
+            };
+            let expected = inline
+                .replace(&format!("'{sub}'::uuid"), "$1")
+                .replace(&format!("'{session}'::uuid"), "$2");
+            assert_eq!(prepare, format!("prepare {name}{params} as {expected}"));
+        }
     }
 }

@@ -20,3 +20,4 @@ mod request_logs;
 mod rls;
 mod shutdown;
 mod token_shapes;
+mod token_role;

@@ -1,5 +1,7 @@
-//! Behind PgBouncer in transaction mode (as Supabase's pooler on port 6543): many more clients
-//! than server connections, no named prepared statements, no state left on a connection.
+//! Behind PgBouncer in transaction mode (as Supabase's pooler on port 6543, or self-hosted on
+//! 6432): many more clients than server connections, no statement name that another server or
+//! another client could answer, no state left on a connection. The URLs are plain, as a user
+//! would paste them: the service has to find out by itself that it talks to a pooler.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
 use supabase_jwt_service::PgStore;
-use supabase_jwt_service::config::{Config, RawConfig};
+use supabase_jwt_service::config::{Config, PreparedStatements, RawConfig};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -16,13 +18,10 @@ use crate::helpers::*;
 /// How many users, and concurrent requests, each test sends through a pool of 8 servers.
 const USERS: usize = 200;
 
-/// The pooler URL for `db`, through PgBouncer's `*` wildcard database, marked as a
-/// transaction-mode pooler the way Supabase's docs do.
+/// The pooler URL for `db`, through PgBouncer's `*` wildcard database: a random port, not
+/// 6543, and no `pgbouncer=true`, so nothing in it says "pooler".
 fn pooler_url(db: &TestDb) -> String {
-    format!(
-        "{}?pgbouncer=true",
-        with_database(&pgbouncer_url(), &db.name)
-    )
+    with_database(&pgbouncer_url(), &db.name)
 }
 
 /// A pooler configuration: more client connections than PgBouncer's `default_pool_size` (8),
@@ -79,7 +78,7 @@ async fn pooler_concurrent_reads_under_rls_each_answer_the_callers_own_name() {
     let db = TestDb::new().await;
     let users = seed_many(&db).await;
     let config = pooler_config(&db, |_| {});
-    assert!(config.db_rls && !config.prepared_statements);
+    assert!(config.db_rls && config.prepared_statements == PreparedStatements::Auto);
     let app = TestApp::spawn(config).await;
     let answers = get_all_at_once(&app, &users).await;
     assert_each_got_their_own_name(&answers, &users);
@@ -90,7 +89,7 @@ async fn pooler_concurrent_reads_without_rls_each_answer_the_callers_own_name() 
     let db = TestDb::new().await;
     let users = seed_many(&db).await;
     let config = pooler_config(&db, |raw| raw.db_rls = Some("off".into()));
-    assert!(!config.db_rls && !config.prepared_statements);
+    assert!(!config.db_rls && config.prepared_statements == PreparedStatements::Auto);
     let app = TestApp::spawn(config).await;
     let answers = get_all_at_once(&app, &users).await;
     assert_each_got_their_own_name(&answers, &users);
@@ -143,14 +142,40 @@ fn pooler_prepared_statements_auto_turns_off_for_the_pooler_url() {
         config_with(url, |raw| {
             raw.db_prepared_statements = setting.map(str::to_owned);
         })
+        .prepared_statements
     };
-    assert!(config(url, None).prepared_statements);
-    assert!(!config(&format!("{url}?pgbouncer=true"), None).prepared_statements);
-    assert!(!config(&format!("{url}?pgbouncer=true"), Some("auto")).prepared_statements);
-    assert!(config(&format!("{url}?pgbouncer=true"), Some("on")).prepared_statements);
+    // Nothing in a plain 6432 URL says "pooler": auto finds out at run time.
+    assert_eq!(config(url, None), PreparedStatements::Auto);
+    let marked = format!("{url}?pgbouncer=true");
+    assert_eq!(config(&marked, None), PreparedStatements::Off);
+    assert_eq!(config(&marked, Some("auto")), PreparedStatements::Off);
+    assert_eq!(config(&marked, Some("on")), PreparedStatements::On);
+    assert_eq!(config(url, Some("off")), PreparedStatements::Off);
     let supabase =
         "postgres://postgres.abcd:pw@aws-0-eu-central-1.pooler.supabase.com:6543/postgres";
-    assert!(!config(supabase, None).prepared_statements);
+    assert_eq!(config(supabase, None), PreparedStatements::Off);
+}
+
+/// Prepared statements on one server, as a client holding that server in a transaction sees
+/// them: (named by a client library at the protocol level, named by SQL `PREPARE`).
+async fn prepared_on(held: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "select count(*) filter (where not from_sql), count(*) filter (where from_sql) \
+         from pg_prepared_statements",
+    )
+    .persistent(false)
+    .fetch_one(held)
+    .await
+    .unwrap()
+}
+
+/// What one server switch did: statements the first request left on server X (see
+/// [`prepared_on`]), the second request's status, and whether the store noticed the pooler.
+#[derive(Debug, PartialEq)]
+struct Switch {
+    named_on_x: (i64, i64),
+    second: u16,
+    detected: bool,
 }
 
 /// What happens when PgBouncer hands the app's one connection a different server between two
@@ -159,9 +184,9 @@ fn pooler_prepared_statements_auto_turns_off_for_the_pooler_url() {
 /// 2. another client opens a transaction and so holds X (it is the only idle server), and
 ///    counts the named statements X holds;
 /// 3. a second `GET /name` has to run on a new server.
-///
-/// Returns the count from step 2 and the status of step 3.
-async fn requests_across_a_server_switch(db: &TestDb, prepared: &str, rls: &str) -> (i64, u16) {
+async fn requests_across_a_server_switch(prepared: &str, rls: &str) -> Switch {
+    // A database of its own: its PgBouncer pool starts with no server.
+    let db = &TestDb::new().await;
     let user = Uuid::new_v4();
     db.seed_user(user, Some("Ada")).await;
     let config = pooler_config(db, |raw| {
@@ -186,47 +211,328 @@ async fn requests_across_a_server_switch(db: &TestDb, prepared: &str, rls: &str)
         .await
         .unwrap();
     let mut held = other.begin().await.unwrap();
-    let named: i64 =
-        sqlx::query_scalar("select count(*) from pg_prepared_statements where not from_sql")
-            .persistent(false)
-            .fetch_one(&mut *held)
-            .await
-            .unwrap();
+    let named_on_x = prepared_on(&mut held).await;
 
-    let second = app.get_with_token("/name", &token).await.status().as_u16();
+    let second = app.get_with_token("/name", &token).await;
+    let second = (
+        second.status().as_u16(),
+        second.json::<Value>().await.unwrap(),
+    );
     held.rollback().await.unwrap();
     other.close().await.unwrap();
-    (named, second)
+    if second.0 == 200 {
+        assert_eq!(second.1, json!({"full_name": "Ada"}));
+    }
+    Switch {
+        named_on_x,
+        second: second.0,
+        detected: store.pooler_detected(),
+    }
+}
+
+/// A log writer that keeps what it is given.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        let bytes = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        String::from_utf8(bytes).unwrap()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
 }
 
 #[tokio::test]
-async fn pooler_auto_uses_unnamed_statements_that_survive_a_server_switch() {
-    let db = TestDb::new().await;
+async fn pooler_auto_detects_the_pooler_when_a_read_lands_on_another_server() {
+    use tracing_subscriber::util::SubscriberInitExt;
+    // `#[tokio::test]` runs the server on this thread, so this captures its logs alone.
+    let logs = Captured::default();
+    let _capture = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish()
+        .set_default();
     for rls in ["on", "off"] {
-        let (named, second) = requests_across_a_server_switch(&db, "auto", rls).await;
+        let switch = requests_across_a_server_switch("auto", rls).await;
+        // X holds the read this connection prepared, under its own name, and nothing sqlx
+        // named; on the new server it is missing, which tells the store it is behind a pooler.
         assert_eq!(
-            (named, second),
-            (0, 200),
-            "DB_RLS={rls}: auto left named statements, or the second request failed"
+            switch,
+            Switch {
+                named_on_x: (0, 1),
+                second: 200,
+                detected: true
+            },
+            "DB_RLS={rls}"
+        );
+    }
+    // Said once per store, at INFO, and without the claims the failed message carried.
+    let logs = logs.text();
+    let said: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("transaction-mode pooler detected"))
+        .collect();
+    assert_eq!(said.len(), 2, "{logs}");
+    assert!(said.iter().all(|l| l.contains("INFO")), "{said:?}");
+    assert!(!logs.contains("@example.com"), "{logs}");
+}
+
+#[tokio::test]
+async fn pooler_off_names_nothing_on_the_server() {
+    for rls in ["on", "off"] {
+        let switch = requests_across_a_server_switch("off", rls).await;
+        assert_eq!(
+            switch,
+            Switch {
+                named_on_x: (0, 0),
+                second: 200,
+                detected: false
+            },
+            "DB_RLS={rls}"
         );
     }
 }
 
 #[tokio::test]
 async fn pooler_named_prepared_statements_fail_once_pgbouncer_switches_servers() {
-    // Why auto turns them off: PgBouncer 1.18 in transaction mode does not carry a statement
-    // prepared on one server to the next, so the cached statement is missing there.
-    let db = TestDb::new().await;
-    // DB_RLS=off on a direct-looking setting takes the named-statement fast path.
-    let (named, second) = requests_across_a_server_switch(&db, "on", "off").await;
-    assert!(
-        named >= 1,
-        "the first request should have prepared a named statement"
-    );
+    // Why `on` is only for connections that keep their server: PgBouncer 1.18 in transaction
+    // mode does not carry a statement prepared on one server to the next, and `on` does not
+    // fall back.
+    let switch = requests_across_a_server_switch("on", "off").await;
     assert_eq!(
-        second, 503,
-        "the cached statement is missing on the new server"
+        switch,
+        Switch {
+            named_on_x: (0, 1),
+            second: 503,
+            detected: false
+        }
     );
+}
+
+/// One request of the mixed traffic, and the answer only the right SQL for the right user
+/// gives.
+#[derive(Debug, Clone)]
+enum Call {
+    GetName(Uuid, String),
+    GetMe(Uuid, String),
+    PutName(Uuid, String),
+}
+
+impl Call {
+    async fn send(&self, client: &reqwest::Client, base: &str) -> (u16, Value) {
+        let (request, user) = match self {
+            Self::GetName(user, _) => (client.get(format!("{base}/name")), user),
+            Self::GetMe(user, _) => (client.get(format!("{base}/me")), user),
+            Self::PutName(user, name) => (
+                client
+                    .put(format!("{base}/name"))
+                    .json(&json!({ "full_name": name })),
+                user,
+            ),
+        };
+        let r = request.bearer_auth(token_for(*user)).send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    }
+
+    /// True when `body` is exactly this call's answer: the shape tells which statement ran,
+    /// the values whose row it read.
+    fn is_answered_by(&self, body: &Value) -> bool {
+        match self {
+            Self::GetName(_, name) | Self::PutName(_, name) => {
+                *body == json!({ "full_name": name })
+            }
+            Self::GetMe(user, name) => {
+                body["id"] == json!(user.to_string())
+                    && body["email"] == json!(format!("{user}@example.com"))
+                    && body["role"] == "authenticated"
+                    && body["full_name"] == json!(name)
+                    && body
+                        .as_object()
+                        .is_some_and(|o| o.contains_key("avatar_url"))
+            }
+        }
+    }
+}
+
+/// 300 concurrent requests through PgBouncer with a plain URL and the default
+/// `DB_PREPARED_STATEMENTS`: a third `GET /name`, a third `GET /me`, a third `PUT /name`, each
+/// for a user of its own with a distinct name. Asserts that every answer is the caller's own
+/// and of the right shape, that every write reached its row and no other, and measures what
+/// the servers were left holding.
+async fn mixed_traffic_through_a_plain_pooler_url(rls: &str) {
+    let db = TestDb::new().await;
+    let mut users = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..300 {
+        let (user, name) = (Uuid::new_v4(), format!("User {i:03}"));
+        users.push((user, name.clone()));
+        calls.push(match i % 3 {
+            0 => Call::GetName(user, name),
+            1 => Call::GetMe(user, name),
+            _ => Call::PutName(user, format!("{name} renamed")),
+        });
+    }
+    db.seed_users(&users).await;
+    let config = pooler_config(&db, |raw| raw.db_rls = Some(rls.into()));
+    assert_eq!(config.prepared_statements, PreparedStatements::Auto);
+    let max_connections = i64::from(config.db_max_connections);
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let app = TestApp::spawn_over(config, store.clone()).await;
+
+    let mut requests = JoinSet::new();
+    for call in calls.iter().cloned() {
+        let (client, base) = (app.client.clone(), app.url(""));
+        requests.spawn(async move {
+            let answer = call.send(&client, &base).await;
+            (call, answer)
+        });
+    }
+    let answers = requests.join_all().await;
+    let failed: Vec<_> = answers.iter().filter(|(_, (s, _))| *s >= 500).collect();
+    let wrong: Vec<_> = answers
+        .iter()
+        .filter(|(call, (status, body))| *status != 200 || !call.is_answered_by(body))
+        .collect();
+    assert!(
+        failed.is_empty() && wrong.is_empty(),
+        "DB_RLS={rls}: {} of 300 answered 5xx, {} wrong, e.g. {:?}",
+        failed.len(),
+        wrong.len(),
+        wrong.iter().take(3).collect::<Vec<_>>()
+    );
+
+    let expected: HashMap<Uuid, String> = calls
+        .iter()
+        .map(|call| match call {
+            Call::GetName(user, name) | Call::GetMe(user, name) | Call::PutName(user, name) => {
+                (*user, name.clone())
+            }
+        })
+        .collect();
+    let stored: HashMap<Uuid, String> =
+        sqlx::query_as::<_, (Uuid, String)>("select id, full_name from public.users")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(
+        stored, expected,
+        "DB_RLS={rls}: rows differ from the writes"
+    );
+    assert!(
+        store.pooler_detected(),
+        "DB_RLS={rls}: never noticed the pooler"
+    );
+
+    // Holding every server of the database's PgBouncer pool (8) at once shows what they
+    // hold: the reads prepared before the store noticed the pooler, at most one per client
+    // connection, and nothing sqlx named.
+    let mut clients = Vec::new();
+    let (mut by_sqlx, mut by_sql) = (0, 0);
+    for _ in 0..8 {
+        let mut conn = sqlx::postgres::PgConnection::connect(&pooler_url(&db))
+            .await
+            .unwrap();
+        conn.execute("begin").await.unwrap();
+        let (protocol, sql) = prepared_on(&mut conn).await;
+        (by_sqlx, by_sql) = (by_sqlx + protocol, by_sql + sql);
+        clients.push(conn);
+    }
+    for mut conn in clients {
+        conn.execute("rollback").await.unwrap();
+    }
+    println!(
+        "DB_RLS={rls}: statements left on the servers: {by_sql} by PREPARE, {by_sqlx} by sqlx"
+    );
+    assert_eq!(by_sqlx, 0, "DB_RLS={rls}");
+    assert!(by_sql <= max_connections, "DB_RLS={rls}: {by_sql} prepared");
+}
+
+#[tokio::test]
+async fn pooler_mixed_traffic_under_rls_with_a_plain_url_gets_every_answer_right() {
+    mixed_traffic_through_a_plain_pooler_url("on").await;
+}
+
+#[tokio::test]
+async fn pooler_mixed_traffic_without_rls_with_a_plain_url_gets_every_answer_right() {
+    mixed_traffic_through_a_plain_pooler_url("off").await;
+}
+
+/// Reads on a direct connection with the default setting: (statements the connection holds
+/// as `(name, times executed)`, whether the store took it for a pooler).
+async fn reads_on_one_direct_connection(rls: &str, reads: usize) -> (Vec<(String, i64)>, bool) {
+    let db = TestDb::new().await;
+    let user = Uuid::new_v4();
+    db.seed_user(user, Some("Ada")).await;
+    let config = config_with(&db.url, |raw| {
+        raw.db_max_connections = Some("1".into());
+        raw.db_rls = Some(rls.into());
+    });
+    assert_eq!(config.prepared_statements, PreparedStatements::Auto);
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let app = TestApp::spawn_over(config, store.clone()).await;
+    let token = token_for(user);
+    for _ in 0..reads {
+        let r = app.get_with_token("/name", &token).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"full_name": "Ada"})
+        );
+    }
+    // The pool's one connection, the one every read above ran on.
+    let mut lease = tokio::time::timeout(Duration::from_secs(10), store.acquire())
+        .await
+        .unwrap()
+        .unwrap();
+    let held: Vec<(String, i64)> = sqlx::query_as(
+        "select name, generic_plans + custom_plans from pg_prepared_statements order by name",
+    )
+    .persistent(false)
+    .fetch_all(&mut *lease)
+    .await
+    .unwrap();
+    lease.release();
+    (held, store.pooler_detected())
+}
+
+#[tokio::test]
+async fn pooler_detection_keeps_a_direct_connection_on_its_prepared_read() {
+    for rls in ["on", "off"] {
+        let (held, detected) = reads_on_one_direct_connection(rls, 12).await;
+        assert!(
+            !detected,
+            "DB_RLS={rls}: a direct connection taken for a pooler"
+        );
+        // One statement, prepared by the first read and executed by every read.
+        assert_eq!(held.len(), 1, "DB_RLS={rls}: {held:?}");
+        let (name, executed) = &held[0];
+        assert!(
+            name.starts_with("sjs_") && name.ends_with("_profile") && name.len() == 28,
+            "DB_RLS={rls}: {name}"
+        );
+        assert_eq!(*executed, 12, "DB_RLS={rls}: {held:?}");
+    }
 }
 
 #[tokio::test]
