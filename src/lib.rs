@@ -2,9 +2,11 @@
 //! The README follows; its Rust example is compiled as a doctest.
 #![doc = include_str!("../README.md")]
 
+mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod mint;
 pub mod routes;
@@ -12,14 +14,18 @@ pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use app::App;
 pub use auth::{Claims, ValidUser, Verifier};
 pub use config::{Config, ConfigError};
+pub use db::{Conn, Db, Tx};
 pub use error::ApiError;
 pub use routes::router;
 pub use server::serve;
