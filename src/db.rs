@@ -270,7 +270,13 @@ async fn begin_postgres(
     // From here until a COMMIT or ROLLBACK succeeds, the connection is closed rather than
     // reused, whatever happens to this future.
     lease.enter_transaction();
-    let sql = begin_sql(config.db_rls, claims, session, config.db_timeout);
+    let sql = begin_sql(
+        config.db_rls,
+        claims,
+        session,
+        config.db_timeout,
+        !config.prepared_statements,
+    );
     let rows = sqlx::raw_sql(AssertSqlSafe(sql))
         .fetch_all(&mut *lease)
         .await
@@ -304,10 +310,27 @@ async fn begin_postgres(
 /// `statement_timeout` makes the server itself cancel a statement that runs past the limit,
 /// so a slow query frees its backend instead of running on after the answer.
 ///
+/// With `behind_pooler` (named prepared statements off) it first drops every prepared
+/// statement on the backend. sqlx names the statements of a plain `sqlx::query` even with its
+/// statement cache off (`sqlx_s_1`, `sqlx_s_2`, … counted per client connection) and never
+/// closes them; through a transaction-mode pooler the next transaction on that backend may
+/// come from another client connection, whose `sqlx_s_1` then collides ("prepared statement
+/// already exists"). A backend serves one transaction at a time there, so whatever it holds
+/// when ours begins is left over from a finished one.
+///
 /// Only values we produced or checked are inlined: the claims and role through
 /// [`quote_literal`], the ids as canonical UUIDs, the timeout as an integer.
-fn begin_sql(rls: bool, claims: &Claims, session: Option<Uuid>, timeout: Duration) -> String {
+fn begin_sql(
+    rls: bool,
+    claims: &Claims,
+    session: Option<Uuid>,
+    timeout: Duration,
+    behind_pooler: bool,
+) -> String {
     let mut sql = String::with_capacity(256 + claims.raw_json().len());
+    if behind_pooler {
+        sql.push_str("deallocate all; ");
+    }
     sql.push_str("select ");
     if rls {
         sql.push_str("set_config('role', ");
@@ -373,7 +396,7 @@ mod tests {
 
     #[test]
     fn begin_sql_sets_role_claims_and_timeout_before_it_begins() {
-        let sql = begin_sql(true, &claims(), None, Duration::from_secs(3));
+        let sql = begin_sql(true, &claims(), None, Duration::from_secs(3), false);
         assert!(sql.starts_with("select set_config('role', E'authenticated', true), "));
         assert!(sql.contains("set_config('statement_timeout', '3000', true)"));
         assert!(sql.contains(r#""x":"a''b""#), "{sql}");
@@ -384,7 +407,14 @@ mod tests {
     #[test]
     fn begin_sql_checks_the_session_and_skips_the_role_without_rls() {
         let session = Uuid::nil();
-        let sql = begin_sql(false, &claims(), Some(session), Duration::from_millis(1500));
+        let sql = begin_sql(
+            false,
+            &claims(),
+            Some(session),
+            Duration::from_millis(1500),
+            true,
+        );
+        assert!(sql.starts_with("deallocate all; select "));
         assert!(!sql.contains("'role'"));
         assert!(sql.contains("'1500'"));
         assert!(sql.contains("jwt_service.session_active('00000000-0000-0000-0000-000000000000'::uuid, '5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f'::uuid) as session_active"));

@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod image_env;
 mod jwks;
+mod notes;
 mod outage;
 mod pooler;
 mod prometheus_metrics;
