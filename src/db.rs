@@ -95,7 +95,7 @@ pub struct Tx {
 }
 
 #[derive(Debug)]
-struct Open {
+pub(crate) struct Open {
     conn: OpenConn,
     timeout: Duration,
 }
@@ -115,10 +115,7 @@ struct TxSlot(Arc<Mutex<Option<Open>>>);
 impl Tx {
     /// The connection, by store.
     pub fn conn(&mut self) -> Conn<'_> {
-        match &mut self.open().conn {
-            OpenConn::Postgres(lease) => Conn::Postgres(lease),
-            OpenConn::Sqlite(tx) => Conn::Sqlite(tx),
-        }
+        self.open().conn()
     }
 
     /// The Postgres connection, for routes that need Postgres:
@@ -159,10 +156,18 @@ impl Tx {
 }
 
 impl Open {
+    /// The connection, by store.
+    pub(crate) fn conn(&mut self) -> Conn<'_> {
+        match &mut self.conn {
+            OpenConn::Postgres(lease) => Conn::Postgres(lease),
+            OpenConn::Sqlite(tx) => Conn::Sqlite(tx),
+        }
+    }
+
     /// Commits or rolls back within the store's timeout, then hands the connection back. On
     /// any failure the connection is dropped instead: closed on Postgres (which ends the
     /// transaction there), rolled back by sqlx on SQLite.
-    async fn end(self, commit: bool) -> Result<(), ApiError> {
+    pub(crate) async fn end(self, commit: bool) -> Result<(), ApiError> {
         let started = Instant::now();
         let result = match self.conn {
             OpenConn::Postgres(mut lease) => {
@@ -233,7 +238,7 @@ where
 }
 
 /// Opens the caller's transaction on `db`, bounded by `DB_TIMEOUT_SECONDS` as a whole.
-async fn begin(db: &Db, claims: &Claims, config: &Config) -> Result<Open, ApiError> {
+pub(crate) async fn begin(db: &Db, claims: &Claims, config: &Config) -> Result<Open, ApiError> {
     let timeout = config.db_timeout;
     let started = Instant::now();
     let result = match db {

@@ -8,6 +8,9 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+/// The guide: add your own authenticated route in five minutes (`docs/library.md`).
+#[doc = include_str!("../docs/library.md")]
+pub mod guide {}
 pub mod mint;
 pub mod routes;
 pub mod server;

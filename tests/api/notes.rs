@@ -681,3 +681,56 @@ async fn tx_statement_is_cut_off_by_the_server_within_db_timeout() {
     .expect("pg_stat_activity");
     assert_eq!(sleeping, 0);
 }
+
+/// A profile type of the user's own: its columns, read as the caller.
+#[derive(sqlx::FromRow)]
+struct Account {
+    full_name: Option<String>,
+    runs_as: String,
+    visible_rows: i64,
+}
+
+impl supabase_jwt_service::auth::Profile for Account {
+    const SELECT: &'static str = "select full_name, current_user::text as runs_as, \
+         (select count(*) from public.users) as visible_rows from public.users where id = $1";
+    const SQLITE_SELECT: &'static str =
+        "select full_name, 'sqlite' as runs_as, 1 as visible_rows from users where id = ?1";
+}
+
+#[tokio::test]
+async fn valid_user_loads_a_profile_type_of_the_users_own_as_the_caller() {
+    async fn account(user: supabase_jwt_service::ValidUser<Account>) -> axum::Json<Value> {
+        let a = user.profile;
+        axum::Json(
+            json!({"full_name": a.full_name, "runs_as": a.runs_as, "visible_rows": a.visible_rows}),
+        )
+    }
+    let db = TestDb::new().await;
+    let (alice, bob, nobody) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    db.seed_user(alice, Some("Alice")).await;
+    db.seed_user(bob, Some("Bob")).await;
+    let config = config_with(&db.url, |raw| raw.db_max_connections = Some("1".into()));
+    let state = build_state(config).await.expect("state");
+    let routes: Router<AppState> = Router::new().route("/account", get(account));
+    let app = Served::start(App::new(state).with_profile_routes().merge(routes)).await;
+
+    let me: Value = app
+        .get("/account", &token_for(alice))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        me,
+        json!({"full_name": "Alice", "runs_as": "authenticated", "visible_rows": 1})
+    );
+    let r = app.get("/account", &token_for(nobody)).await;
+    crate::helpers::assert_error(r, 404, "profile_not_found").await;
+    // The default profile type is unchanged.
+    let r = app.get("/name", &token_for(bob)).await;
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"full_name": "Bob"})
+    );
+    assert_eq!(backends_in_transaction(&db).await, 0);
+}
