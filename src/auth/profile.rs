@@ -39,7 +39,7 @@ use crate::store::{UserRow, UserStore};
 /// async fn plan(user: ValidUser<Account>) -> String {
 ///     user.profile.plan
 /// }
-/// # let _ = axum::routing::get(plan);
+/// let route: axum::routing::MethodRouter<supabase_jwt_service::AppState> = axum::routing::get(plan);
 /// ```
 pub trait Profile:
     for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin + 'static
