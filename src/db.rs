@@ -23,6 +23,9 @@
 //! extractor). Write queries that filter by owner on both stores and a route behaves the same
 //! on each; on Postgres the policies then stand behind the filter.
 //!
+//! With `DB_RLS=off` the role is left as the connecting user's (only the claims are set), so
+//! filter by owner there too.
+//!
 //! `Tx` works on routes served through [`App`](crate::App) (its layer settles the
 //! transaction); on a route outside it, extraction fails with 500 and an error log.
 //!

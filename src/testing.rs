@@ -53,7 +53,16 @@ use crate::config::{Config, ConfigBuilder, ConfigError};
 use crate::mint::{MintRequest, access_token_claims, mint};
 
 /// The service's Postgres migrations (the `auth` stand-in and `public.users`), for
-/// `#[sqlx::test(migrator = "supabase_jwt_service::testing::MIGRATOR")]`.
+/// `#[sqlx::test]`, which then gives each test a fresh database (at `DATABASE_URL`) with them:
+///
+/// ```no_run
+/// #[sqlx::test(migrator = "supabase_jwt_service::testing::MIGRATOR")]
+/// async fn profiles_start_empty(pool: sqlx::PgPool) -> sqlx::Result<()> {
+///     let n: i64 = sqlx::query_scalar("select count(*) from public.users").fetch_one(&pool).await?;
+///     assert_eq!(n, 0);
+///     Ok(())
+/// }
+/// ```
 pub static MIGRATOR: LazyLock<sqlx::migrate::Migrator> =
     LazyLock::new(crate::store::postgres::migrator);
 

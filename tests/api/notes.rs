@@ -734,3 +734,61 @@ async fn valid_user_loads_a_profile_type_of_the_users_own_as_the_caller() {
     );
     assert_eq!(backends_in_transaction(&db).await, 0);
 }
+
+#[tokio::test]
+async fn tx_waits_at_most_db_timeout_for_a_connection_then_503() {
+    let (db, alice, bob) = notes_db().await;
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (r2, h2) = (release.clone(), held.clone());
+    // Holds the pool's only connection, inside its transaction, until the test says so.
+    let hold = move |mut tx: Tx| {
+        let (release, held) = (r2.clone(), h2.clone());
+        async move {
+            sqlx::query("select 1").execute(tx.pg()?).await?;
+            held.notify_one();
+            release.notified().await;
+            Ok::<_, ApiError>(StatusCode::NO_CONTENT)
+        }
+    };
+    let config = config_with(&db.url, |raw| {
+        raw.db_max_connections = Some("1".into());
+        raw.db_timeout_seconds = Some("1".into());
+        raw.request_timeout_seconds = Some("30".into());
+    });
+    let state = build_state(config).await.expect("state");
+    let routes = probe_routes().route("/hold", get(hold));
+    let app = Served::start(App::new(state).merge(routes)).await;
+
+    let holder = {
+        let url = app.url("/hold");
+        let token = token_for(alice);
+        tokio::spawn(async move { client().get(url).bearer_auth(token).send().await })
+    };
+    tokio::time::timeout(Duration::from_secs(10), held.notified())
+        .await
+        .expect("the holder got the connection");
+    let started = Instant::now();
+    let r = app.get("/unfiltered", &token_for(bob)).await;
+    let waited = started.elapsed();
+    let headers = crate::helpers::assert_error(r, 503, "unavailable").await;
+    assert!(headers.contains_key("retry-after"));
+    assert!(waited < Duration::from_secs(2), "answered after {waited:?}");
+    let backends: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() \
+         and application_name = 'supabase-jwt-service'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("pg_stat_activity");
+    assert_eq!(
+        backends, 1,
+        "no second connection past DB_MAX_CONNECTIONS=1"
+    );
+
+    release.notify_one();
+    let r = holder.await.expect("task").expect("holder answer");
+    assert_eq!(r.status(), 204);
+    // The pool recovers alone: the next request gets the connection.
+    assert_eq!(app.get("/unfiltered", &token_for(bob)).await.status(), 200);
+}
