@@ -26,6 +26,10 @@
 //! With `DB_RLS=off` the role is left as the connecting user's (only the claims are set), so
 //! filter by owner there too.
 //!
+//! Take a [`ValidUser`](crate::ValidUser) before the `Tx` in a handler's arguments, not after:
+//! it reads the profile on a connection of its own, which a `Tx` taken first would make it wait
+//! for while holding one (with a one-connection pool, until the timeout).
+//!
 //! `Tx` works on routes served through [`App`](crate::App) (its layer settles the
 //! transaction); on a route outside it, extraction fails with 500 and an error log.
 //!
