@@ -17,6 +17,8 @@ WORKDIR /src
 # documentation (include_str!). The registry and the compiled dependencies live in cache
 # mounts that outlive the layer, so a source change recompiles only this crate.
 COPY Cargo.toml Cargo.lock README.md build.rs ./
+# The library's guide module includes it, as it includes the README.
+COPY docs/library.md ./docs/library.md
 COPY migrations ./migrations
 COPY src ./src
 COPY benches ./benches

@@ -8,6 +8,9 @@ use axum::http::HeaderValue;
 use clap::Args;
 use reqwest::Url;
 
+mod builder;
+pub use builder::ConfigBuilder;
+
 /// The Supabase CLI local stack's published JWT secret, used only when no key is configured
 /// on the embedded store (dev mode). It is public knowledge and protects nothing.
 pub const LOCAL_STACK_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";

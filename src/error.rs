@@ -188,6 +188,61 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// For `?` on your own queries in handlers. A database that cannot answer now (connection
+/// lost, pool exhausted, the server's `statement_timeout`, a serialization conflict) is 503
+/// `unavailable`, which clients retry; a row-level security refusal is 403 `forbidden`; a
+/// unique or foreign-key violation is 409 `conflict`; anything else is a bug in the query,
+/// logged at error level and answered 500 `internal`. The error's text (never the SQL or its
+/// values) goes to the log only.
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => {
+                tracing::warn!(target: "supabase_jwt_service::store", error = %e, "database unavailable");
+                ApiError::Unavailable
+            }
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // query_canceled (statement_timeout), serialization_failure, deadlock_detected,
+                // and class 08 / 57P: the connection or the server went away.
+                Some("57014" | "40001" | "40P01" | "57P01" | "57P02" | "57P03")
+                | Some("08000" | "08003" | "08006") => {
+                    tracing::warn!(target: "supabase_jwt_service::store", error = %e, "database unavailable");
+                    ApiError::Unavailable
+                }
+                Some("42501") => {
+                    tracing::debug!(target: "supabase_jwt_service::store", error = %e, "refused by row-level security");
+                    ApiError::custom(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "row-level security does not allow this for the caller",
+                    )
+                }
+                Some("23505" | "23503") => {
+                    tracing::debug!(target: "supabase_jwt_service::store", error = %e, "constraint violation");
+                    ApiError::custom(
+                        StatusCode::CONFLICT,
+                        "conflict",
+                        "the change conflicts with existing data",
+                    )
+                }
+                _ => {
+                    tracing::error!(target: "supabase_jwt_service::store", error = %e, "query failed");
+                    ApiError::Internal
+                }
+            },
+            _ => {
+                tracing::error!(target: "supabase_jwt_service::store", error = %e, "query failed");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +277,20 @@ mod tests {
             (StatusCode::CONFLICT, "note_locked")
         );
         assert_eq!(e.retry_after(), None);
+    }
+
+    #[test]
+    fn database_errors_map_to_retry_or_bug() {
+        assert_eq!(
+            ApiError::from(sqlx::Error::PoolTimedOut),
+            ApiError::Unavailable
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            ApiError::from(sqlx::Error::Io(refused)),
+            ApiError::Unavailable
+        );
+        assert_eq!(ApiError::from(sqlx::Error::RowNotFound), ApiError::Internal);
     }
 
     #[test]

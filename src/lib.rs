@@ -2,24 +2,33 @@
 //! The README follows; its Rust example is compiled as a doctest.
 #![doc = include_str!("../README.md")]
 
+mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod error;
+/// The guide: add your own authenticated route in five minutes (`docs/library.md`).
+#[doc = include_str!("../docs/library.md")]
+pub mod guide {}
 pub mod mint;
 pub mod routes;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use app::App;
 pub use auth::{Claims, ValidUser, Verifier};
 pub use config::{Config, ConfigError};
+pub use db::{Conn, Db, Tx};
 pub use error::ApiError;
 pub use routes::router;
 pub use server::serve;

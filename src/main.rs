@@ -8,7 +8,7 @@ use supabase_jwt_service::cli::{Cli, Command};
 use supabase_jwt_service::config::Config;
 use supabase_jwt_service::mint::{MintRequest, mint};
 use supabase_jwt_service::{
-    StartError, build_state_with, log_startup, migrate, serve, shutdown_signal,
+    App, StartError, build_state_with, log_startup, migrate, serve, shutdown_signal,
     spawn_metrics_listener, telemetry,
 };
 
@@ -61,7 +61,8 @@ async fn run_server(config: Config, migrate: bool) -> Result<(), StartError> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     spawn_metrics_listener(&state).await?;
     log_startup(&state.config, listener.local_addr()?);
-    serve(listener, state, shutdown_signal()).await?;
+    let app = App::new(state).with_profile_routes();
+    serve(listener, app, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

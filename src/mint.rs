@@ -58,12 +58,27 @@ pub fn mint(config: &Config, request: &MintRequest) -> Result<String, ConfigErro
             "mint signs with the HS256 secret; set it",
         )
     })?;
+    let claims = access_token_claims(&config.audience, config.issuer.as_deref(), request);
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.expose().as_bytes()),
+    )
+    .map_err(|e| ConfigError::new("SUPABASE_JWT_SECRET", format!("cannot sign: {e}")))
+}
+
+/// The payload of a Supabase access token for `request`, as Supabase Auth shapes it.
+pub(crate) fn access_token_claims(
+    audience: &str,
+    issuer: Option<&str>,
+    request: &MintRequest,
+) -> serde_json::Value {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
     let mut claims = json!({
-        "aud": config.audience,
+        "aud": audience,
         "exp": now + request.ttl_seconds,
         "iat": now.min(now + request.ttl_seconds),
         "sub": request.sub,
@@ -77,15 +92,10 @@ pub fn mint(config: &Config, request: &MintRequest) -> Result<String, ConfigErro
         "session_id": Uuid::new_v4(),
         "is_anonymous": false,
     });
-    if let Some(iss) = &config.issuer {
+    if let Some(iss) = issuer {
         claims["iss"] = json!(iss);
     }
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret.expose().as_bytes()),
-    )
-    .map_err(|e| ConfigError::new("SUPABASE_JWT_SECRET", format!("cannot sign: {e}")))
+    claims
 }
 
 #[cfg(test)]

@@ -26,8 +26,22 @@ pub mod name;
 /// Largest request body accepted (`PUT /name` needs a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// The service's router with all routes, fallbacks and middleware, ready to serve.
+/// The service's router with all routes, fallbacks and middleware, ready to serve: the same
+/// as `App::from(state).into_router()`.
 pub fn router(state: AppState) -> Router {
+    crate::App::from(state).into_router()
+}
+
+/// The service's profile routes, `GET /name`, `PUT /name` and `GET /me`, without middleware
+/// (see [`App::with_profile_routes`](crate::App::with_profile_routes)).
+pub fn profile() -> Router<AppState> {
+    Router::new().merge(name::routes()).merge(me::routes())
+}
+
+/// Puts `routes` (every route of the app, merged already) inside the middleware stack and
+/// gives them `state`. The stack goes on last: a layer wraps only the routes that exist when
+/// it is added.
+pub(crate) fn finish(routes: Router<AppState>, state: AppState) -> Router {
     let config = state.config.clone();
     let request_timeout = config.request_timeout;
     // Outermost first. Everything runs after routing, so spans and metrics see the matched path.
@@ -60,6 +74,8 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn::<_, (Request,)>(
             move |req: Request, next: Next| bound_request(request_timeout, req, next),
         ))
+        // Outside the panic layer, so a panic's 500 rolls the handler's transaction back.
+        .layer(middleware::from_fn(crate::db::settle_transaction))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 tracing::error!("handler panicked");
@@ -68,10 +84,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::from_fn(refuse_oversized_body))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
-    Router::new()
-        .merge(name::routes())
-        .merge(me::routes())
-        .merge(health::routes())
+    routes
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware)
@@ -180,7 +193,16 @@ fn cors_layer(config: &Config) -> Option<CorsLayer> {
     Some(
         CorsLayer::new()
             .allow_origin(allow_origin)
-            .allow_methods([Method::GET, Method::PUT, Method::OPTIONS])
+            // Your own routes through `App` use more than the built-in GET and PUT.
+            .allow_methods([
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::PATCH,
+                Method::DELETE,
+                Method::OPTIONS,
+            ])
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,

@@ -14,8 +14,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
-use crate::routes::router;
-use crate::state::AppState;
+use crate::app::App;
 
 /// Largest request head (request line and headers) accepted; a larger one is answered
 /// `431 Request Header Fields Too Large` by hyper and the connection closed. Supabase access
@@ -26,7 +25,8 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// router, so nothing legitimate needs more; it bounds what an idle connection can pin.
 const MAX_READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Serves `state` on `listener` until `shutdown` resolves. Then it turns `/readyz` to 503, stops
+/// Serves `app` on `listener` until `shutdown` resolves. `app` is an [`App`] with your routes
+/// merged, or an [`AppState`](crate::AppState) for the service as the binary serves it. Then it turns `/readyz` to 503, stops
 /// accepting (new connections are refused), lets in-flight requests finish for up to
 /// `SHUTDOWN_TIMEOUT_SECONDS`, and closes whatever connections remain.
 ///
@@ -36,12 +36,13 @@ const MAX_READ_BUFFER_BYTES: usize = 64 * 1024;
 /// clients wait in the listen backlog until one ends.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    app: impl Into<App>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let config = state.config.clone();
-    let flag = state.shutdown.clone();
-    let app = router(state);
+    let app = app.into();
+    let config = app.state().config.clone();
+    let flag = app.state().shutdown.clone();
+    let app = app.into_router();
 
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

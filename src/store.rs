@@ -114,6 +114,11 @@ pub trait UserStore: Send + Sync + 'static {
     fn pool_stats(&self) -> Option<PoolStats> {
         None
     }
+    /// The database behind the store, shared with [`Tx`](crate::Tx) and your own start-up
+    /// work; `None` for a store with no database.
+    fn db(&self) -> Option<crate::db::Db> {
+        None
+    }
 }
 
 /// Runs `fut` with an upper bound, turning a timeout into [`StoreError::Unavailable`].

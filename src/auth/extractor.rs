@@ -8,19 +8,21 @@ use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::{AuthError, Claims, Verifier, bearer};
+use super::{AuthError, Claims, Profile, Verifier, bearer};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::{UserRow, UserStore};
 use crate::telemetry::{metrics, server_timing};
 
-/// A signed-in user: verified claims and their `users` row. Rejects with the contract's
-/// errors (401/403/400, 404 `profile_not_found`, 503 `unavailable`).
+/// A signed-in user: verified claims and their profile, the service's `users` row by default
+/// or a [`Profile`] of your own (`ValidUser<MyProfile>`). Rejects with the contract's errors
+/// (401/403/400, 404 `profile_not_found`, 503 `unavailable`).
 #[derive(Debug, Clone)]
-pub struct ValidUser {
+pub struct ValidUser<P = UserRow> {
     /// The verified token's claims.
     pub claims: Claims,
     /// The caller's profile row.
-    pub profile: UserRow,
+    pub profile: P,
 }
 
 /// Verifies the request's bearer token, caching the result in the request extensions so a
@@ -86,10 +88,11 @@ where
     }
 }
 
-impl<S> FromRequestParts<S> for ValidUser
+impl<S, P: Profile> FromRequestParts<S> for ValidUser<P>
 where
     Arc<Verifier>: FromRef<S>,
     Arc<dyn UserStore>: FromRef<S>,
+    Arc<Config>: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -97,21 +100,19 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let claims = verified_claims(parts, state).await?;
         let store = Arc::<dyn UserStore>::from_ref(state);
-        match store.profile(&claims).await {
-            Ok(Some(profile)) => Ok(ValidUser { claims, profile }),
-            Ok(None) => Err(ApiError::ProfileNotFound),
-            Err(e) => {
-                log_store_error(&e);
-                Err(e.into())
-            }
+        let config = Arc::<Config>::from_ref(state);
+        match P::load(&claims, &*store, &config).await? {
+            Some(profile) => Ok(ValidUser { claims, profile }),
+            None => Err(ApiError::ProfileNotFound),
         }
     }
 }
 
-impl<S> OptionalFromRequestParts<S> for ValidUser
+impl<S, P: Profile> OptionalFromRequestParts<S> for ValidUser<P>
 where
     Arc<Verifier>: FromRef<S>,
     Arc<dyn UserStore>: FromRef<S>,
+    Arc<Config>: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -124,7 +125,7 @@ where
         if !parts.headers.contains_key(AUTHORIZATION) {
             return Ok(None);
         }
-        <ValidUser as FromRequestParts<S>>::from_request_parts(parts, state)
+        <ValidUser<P> as FromRequestParts<S>>::from_request_parts(parts, state)
             .await
             .map(Some)
     }

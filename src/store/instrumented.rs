@@ -60,6 +60,10 @@ impl<S: UserStore> UserStore for Instrumented<S> {
         self.0.kind()
     }
 
+    fn db(&self) -> Option<crate::db::Db> {
+        self.0.db()
+    }
+
     fn pool_stats(&self) -> Option<PoolStats> {
         self.0.pool_stats()
     }

@@ -190,7 +190,7 @@ fn quote_ident(name: &str) -> String {
 /// reads backslashes the same way whatever `standard_conforming_strings` says; sqlx connects
 /// with `client_encoding` UTF8, where neither byte can occur inside a multi-byte character; and
 /// the text comes from `serde_json`, which escapes control characters, so it holds no NUL.
-fn quote_literal(text: &str) -> String {
+pub(crate) fn quote_literal(text: &str) -> String {
     let mut quoted = String::with_capacity(text.len() + 3);
     quoted.push_str("E'");
     for c in text.chars() {
@@ -560,6 +560,10 @@ impl UserStore for PgStore {
 
     fn kind(&self) -> &'static str {
         "postgres"
+    }
+
+    fn db(&self) -> Option<crate::db::Db> {
+        Some(crate::db::Db::Postgres(self.clone()))
     }
 
     fn pool_stats(&self) -> Option<PoolStats> {

@@ -109,6 +109,10 @@ impl UserStore for SqliteStore {
         "sqlite"
     }
 
+    fn db(&self) -> Option<crate::db::Db> {
+        Some(crate::db::Db::Sqlite(self.pool.clone()))
+    }
+
     fn pool_stats(&self) -> Option<PoolStats> {
         Some(PoolStats {
             size: self.pool.size(),

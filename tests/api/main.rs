@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod image_env;
 mod jwks;
+mod notes;
 mod outage;
 mod pooler;
 mod prometheus_metrics;

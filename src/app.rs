@@ -1,0 +1,90 @@
+//! [`App`]: your routes and the built-in ones behind one middleware stack, ready to serve.
+
+use axum::Router;
+
+use crate::routes;
+use crate::state::AppState;
+
+/// The finished application: the built-in `/healthz` and `/readyz`, the routes you merge, and,
+/// once you call [`into_router`](Self::into_router) or [`serve`](crate::serve), the service's
+/// whole middleware stack around all of them: sensitive `Authorization` and cookies, request
+/// id, trace span and log line, metrics by matched route, `Server-Timing`, CORS from
+/// `CORS_ALLOWED_ORIGINS`, `REQUEST_TIMEOUT_SECONDS`, a JSON 500 on a panic, the body limit,
+/// the JSON 404 and 405 fallbacks, and the [`Tx`](crate::Tx) layer.
+///
+/// The stack is applied last, after every merge: a `Router::layer` reaches only the routes
+/// that exist when it is called, which is why routes merged into a finished router used to
+/// miss it.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use supabase_jwt_service::{App, AppState, Claims, Config, build_state};
+///
+/// async fn hello(claims: Claims) -> String {
+///     format!("hello {}", claims.sub)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = tempfile::tempdir()?;
+/// # let db = format!("sqlite://{}/dev.db", dir.path().display());
+/// let config = Config::builder().database_url(&db).metrics_addr(None).build()?;
+/// let state = build_state(config).await?;
+/// let mine: Router<AppState> = Router::new().route("/hello", get(hello));
+/// let app = App::new(state).with_profile_routes().merge(mine);
+/// let router = app.into_router(); // or `serve(listener, app, shutdown)`
+/// # drop(router);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct App {
+    state: AppState,
+    routes: Router<AppState>,
+}
+
+impl App {
+    /// An app with the built-in `/healthz` and `/readyz`.
+    pub fn new(state: AppState) -> Self {
+        Self {
+            state,
+            routes: routes::health::routes(),
+        }
+    }
+
+    /// Adds the service's own profile routes: `GET /name`, `PUT /name`, `GET /me`.
+    pub fn with_profile_routes(self) -> Self {
+        self.merge(routes::profile())
+    }
+
+    /// Adds your routes. Panics, as [`Router::merge`] does, if a path is already taken.
+    pub fn merge(mut self, routes: Router<AppState>) -> Self {
+        self.routes = self.routes.merge(routes);
+        self
+    }
+
+    /// The state every route receives.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The routes inside the whole stack, with their state: for `tower::ServiceExt::oneshot`
+    /// in tests, or for a server of your own (which then lacks [`serve`](crate::serve)'s
+    /// connection limits).
+    pub fn into_router(self) -> Router {
+        routes::finish(self.routes, self.state)
+    }
+}
+
+/// The service as the binary serves it: built-in health and profile routes.
+impl From<AppState> for App {
+    fn from(state: AppState) -> Self {
+        App::new(state).with_profile_routes()
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
