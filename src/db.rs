@@ -66,7 +66,7 @@ use uuid::Uuid;
 
 use crate::auth::extractor::log_store_error;
 use crate::auth::{Claims, Verifier};
-use crate::config::Config;
+use crate::config::{Config, PreparedStatements};
 use crate::error::ApiError;
 use crate::store::postgres::quote_literal;
 use crate::store::{Lease, PgStore, StoreError, UserStore, bounded};
@@ -282,13 +282,21 @@ async fn begin_postgres(
     // From here until a COMMIT or ROLLBACK succeeds, the connection is closed rather than
     // reused, whatever happens to this future.
     lease.enter_transaction();
+    // Unless sqlx's own statement cache is on (`DB_PREPARED_STATEMENTS=on`), every plain
+    // `sqlx::query` in the handler leaves a named statement on the server (see `begin_sql`),
+    // so the slate is wiped first; the store's own prepared read goes with it and is
+    // prepared again by the connection's next read.
+    let wipe_statements = config.prepared_statements != PreparedStatements::On;
     let sql = begin_sql(
         config.db_rls,
         claims,
         session,
         config.db_timeout,
-        !config.prepared_statements,
+        wipe_statements,
     );
+    if wipe_statements {
+        lease.set_prepared_read(None);
+    }
     let rows = sqlx::raw_sql(AssertSqlSafe(sql))
         .fetch_all(&mut *lease)
         .await
@@ -322,13 +330,14 @@ async fn begin_postgres(
 /// `statement_timeout` makes the server itself cancel a statement that runs past the limit,
 /// so a slow query frees its backend instead of running on after the answer.
 ///
-/// With `behind_pooler` (named prepared statements off) it first drops every prepared
+/// With `wipe_statements` (sqlx's statement cache off) it first drops every prepared
 /// statement on the backend. sqlx names the statements of a plain `sqlx::query` even with its
 /// statement cache off (`sqlx_s_1`, `sqlx_s_2`, … counted per client connection) and never
 /// closes them; through a transaction-mode pooler the next transaction on that backend may
 /// come from another client connection, whose `sqlx_s_1` then collides ("prepared statement
 /// already exists"). A backend serves one transaction at a time there, so whatever it holds
-/// when ours begins is left over from a finished one.
+/// when ours begins is left over from a finished one. On a direct connection the wipe keeps
+/// those statements from piling up on the backend for the connection's whole lifetime.
 ///
 /// Only values we produced or checked are inlined: the claims and role through
 /// [`quote_literal`], the ids as canonical UUIDs, the timeout as an integer.
@@ -337,10 +346,10 @@ fn begin_sql(
     claims: &Claims,
     session: Option<Uuid>,
     timeout: Duration,
-    behind_pooler: bool,
+    wipe_statements: bool,
 ) -> String {
     let mut sql = String::with_capacity(256 + claims.raw_json().len());
-    if behind_pooler {
+    if wipe_statements {
         sql.push_str("deallocate all; ");
     }
     sql.push_str("select ");

@@ -20,5 +20,5 @@ mod property;
 mod request_logs;
 mod rls;
 mod shutdown;
-mod token_shapes;
 mod token_role;
+mod token_shapes;
