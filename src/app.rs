@@ -24,6 +24,7 @@ use crate::state::AppState;
 ///     format!("hello {}", claims.sub)
 /// }
 ///
+/// # #[cfg(feature = "sqlite")] // the embedded store
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
@@ -36,6 +37,8 @@ use crate::state::AppState;
 /// # drop(router);
 /// # Ok(())
 /// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
 /// ```
 #[derive(Clone)]
 pub struct App {

@@ -5,10 +5,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::http::HeaderValue;
+#[cfg(feature = "cli")]
 use clap::Args;
 use reqwest::Url;
 
 mod builder;
+mod env;
 pub use builder::ConfigBuilder;
 
 /// The Supabase CLI local stack's published JWT secret, used only when no key is configured
@@ -81,6 +83,8 @@ impl DatabaseUrl {
                 var,
                 "must start with postgres://, postgresql:// or sqlite://",
             ));
+        } else if cfg!(not(feature = "sqlite")) {
+            return Err(no_embedded_store(var));
         }
         Ok(Self(Secret::new(raw)))
     }
@@ -127,6 +131,15 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+/// The error for a `sqlite:` URL (or an unset `DATABASE_URL`, whose default is one) in a build
+/// without the embedded store.
+pub(crate) fn no_embedded_store(var: &'static str) -> ConfigError {
+    ConfigError::new(
+        var,
+        "this build has no embedded SQLite store (the crate's `sqlite` feature is off); set a postgres:// URL",
+    )
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -162,144 +175,87 @@ impl fmt::Display for PreparedStatements {
     }
 }
 
-/// Raw configuration as collected by clap from flags and environment. Every field is an
-/// optional string so that all typed parsing, and its one-line errors, happen in [`Config::from_raw`].
-#[derive(Debug, Clone, Default, Args)]
+/// Raw configuration as collected by clap from flags and environment (or, without the `cli`
+/// feature, by [`RawConfig::from_env`]). Every field is an optional string so that all typed
+/// parsing, and its one-line errors, happen in [`Config::from_raw`]. Each field's variable is
+/// its name in capitals (clap's bare `env`); the one list of the names is in `config/env.rs`.
+#[derive(Debug, Clone, Default)]
+#[cfg_attr(feature = "cli", derive(Args))]
 pub struct RawConfig {
     /// Address to listen on [default: 0.0.0.0, or 127.0.0.1 on the embedded store]
-    #[arg(long, env = "HOST", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub host: Option<String>,
     /// Port to listen on [default: 8080]
-    #[arg(long, env = "PORT", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub port: Option<String>,
     /// postgres://… (production) or sqlite://… [default: sqlite://./data/dev.db]
-    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub database_url: Option<String>,
     /// Direct (non-pooled) connection used by `migrate` [default: DATABASE_URL]
-    #[arg(
-        long,
-        env = "DIRECT_DATABASE_URL",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub direct_database_url: Option<String>,
     /// The project's legacy HS256 JWT secret
-    #[arg(
-        long,
-        env = "SUPABASE_JWT_SECRET",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub supabase_jwt_secret: Option<String>,
     /// Project URL, e.g. https://abcd.supabase.co: sets issuer and key set URL
-    #[arg(long, env = "SUPABASE_URL", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub supabase_url: Option<String>,
     /// Required `aud` claim [default: authenticated]
-    #[arg(long, env = "JWT_AUDIENCE", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub jwt_audience: Option<String>,
     /// Expected `iss` claim [default: <SUPABASE_URL>/auth/v1]
-    #[arg(long, env = "JWT_ISSUER", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub jwt_issuer: Option<String>,
     /// Clock skew allowed on exp/nbf/iat, in seconds [default: 30]
-    #[arg(
-        long,
-        env = "JWT_LEEWAY_SECONDS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub jwt_leeway_seconds: Option<String>,
     /// Comma-separated `role` claims accepted as users [default: authenticated]
-    #[arg(long, env = "JWT_ALLOWED_ROLES", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub jwt_allowed_roles: Option<String>,
     /// Comma-separated OAuth client ids whose tokens are accepted [default: none]
-    #[arg(
-        long,
-        env = "JWT_ALLOWED_CLIENT_IDS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub jwt_allowed_client_ids: Option<String>,
     /// Comma-separated browser origins allowed to call the API [default: none]
-    #[arg(
-        long,
-        env = "CORS_ALLOWED_ORIGINS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub cors_allowed_origins: Option<String>,
     /// Prometheus listener address, or `off` [default: 127.0.0.1:9091]
-    #[arg(long, env = "METRICS_ADDR", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub metrics_addr: Option<String>,
     /// `pretty` or `json` [default: pretty on a terminal, json otherwise]
-    #[arg(long, env = "LOG_FORMAT", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub log_format: Option<String>,
     /// Row-level security per request on Postgres: on|off [default: on]
-    #[arg(long, env = "DB_RLS", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub db_rls: Option<String>,
     /// Named prepared statements: auto|on|off [default: auto]
-    #[arg(
-        long,
-        env = "DB_PREPARED_STATEMENTS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub db_prepared_statements: Option<String>,
     /// Reject tokens whose session was logged out: on|off [default: off]
-    #[arg(long, env = "SESSION_CHECK", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub session_check: Option<String>,
     /// Upper bound on one database call, pool wait included, in seconds [default: 3]
-    #[arg(
-        long,
-        env = "DB_TIMEOUT_SECONDS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub db_timeout_seconds: Option<String>,
     /// Maximum database connections [default: 10]
-    #[arg(
-        long,
-        env = "DB_MAX_CONNECTIONS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub db_max_connections: Option<String>,
     /// Upper bound on one request, in seconds [default: 10]
-    #[arg(
-        long,
-        env = "REQUEST_TIMEOUT_SECONDS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub request_timeout_seconds: Option<String>,
     /// How long shutdown waits for in-flight requests, in seconds [default: 10]
-    #[arg(
-        long,
-        env = "SHUTDOWN_TIMEOUT_SECONDS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub shutdown_timeout_seconds: Option<String>,
     /// Verified tokens remembered until they expire; 0 turns the cache off [default: 4096]
-    #[arg(long, env = "JWT_CACHE_SIZE", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub jwt_cache_size: Option<String>,
     /// Add a `Server-Timing` header (auth and database time) to responses: on|off [default: off]
-    #[arg(long, env = "SERVER_TIMING", global = true, hide_env_values = true)]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub server_timing: Option<String>,
     /// How long a client may take to send a request's headers, in seconds [default: 10]
-    #[arg(
-        long,
-        env = "HEADER_READ_TIMEOUT_SECONDS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub header_read_timeout_seconds: Option<String>,
     /// Most HTTP connections served at once; past it new ones wait to be accepted [default: 4096]
-    #[arg(
-        long,
-        env = "HTTP_MAX_CONNECTIONS",
-        global = true,
-        hide_env_values = true
-    )]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub http_max_connections: Option<String>,
 }
 
@@ -805,6 +761,7 @@ mod tests {
         assert!(url.masked().contains("***"));
     }
 
+    #[cfg(feature = "sqlite")]
     #[test]
     fn unset_database_url_is_dev_mode_on_loopback_with_local_stack_keys() {
         let c = Config::from_raw(&RawConfig::default(), false).unwrap();
@@ -815,6 +772,25 @@ mod tests {
             c.jwks_url.unwrap().as_str(),
             "http://127.0.0.1:54321/auth/v1/.well-known/jwks.json"
         );
+    }
+
+    #[cfg(not(feature = "sqlite"))]
+    #[test]
+    fn without_the_sqlite_feature_an_embedded_store_is_a_config_error() {
+        for url in [
+            None,
+            Some("sqlite://./data/dev.db"),
+            Some("sqlite::memory:"),
+        ] {
+            let raw = RawConfig {
+                database_url: url.map(Into::into),
+                ..raw_pg()
+            };
+            let err = Config::from_raw(&raw, false).unwrap_err();
+            assert_eq!(err.var, "DATABASE_URL", "{url:?}");
+            assert!(err.problem.contains("`sqlite` feature"), "{err}");
+        }
+        assert!(Config::from_raw(&raw_pg(), false).is_ok());
     }
 
     #[test]

@@ -43,6 +43,7 @@
 //!         Conn::Postgres(conn) => sqlx::query_scalar("select id::text from public.notes")
 //!             .fetch_all(conn)
 //!             .await?,
+//! #       #[cfg(feature = "sqlite")]
 //!         Conn::Sqlite(_) => return Err(ApiError::NotFound),
 //!     };
 //!     Ok(Json(ids))
@@ -59,6 +60,7 @@ use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sqlx::postgres::PgConnection;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::{SqliteConnection, SqlitePool};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::{Mutex, OwnedMutexGuard};
@@ -79,6 +81,7 @@ pub enum Db {
     /// Postgres: take a [`Tx`] in handlers; [`PgStore::acquire`] for work outside any user.
     Postgres(PgStore),
     /// The embedded SQLite store's pool (no row-level security).
+    #[cfg(feature = "sqlite")]
     Sqlite(SqlitePool),
 }
 
@@ -88,6 +91,7 @@ pub enum Conn<'a> {
     /// Postgres, acting as the caller under row-level security.
     Postgres(&'a mut PgConnection),
     /// The embedded SQLite store: no row-level security, filter by owner yourself.
+    #[cfg(feature = "sqlite")]
     Sqlite(&'a mut SqliteConnection),
 }
 
@@ -112,6 +116,7 @@ enum OpenConn {
     // A lease marked `enter_transaction`: released only after a successful COMMIT or ROLLBACK,
     // closed in every other case.
     Postgres(Lease),
+    #[cfg(feature = "sqlite")]
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
 }
 
@@ -131,6 +136,7 @@ impl Tx {
     pub fn pg(&mut self) -> Result<&mut PgConnection, ApiError> {
         match &mut self.open().conn {
             OpenConn::Postgres(lease) => Ok(lease),
+            #[cfg(feature = "sqlite")]
             OpenConn::Sqlite(_) => {
                 tracing::error!(
                     "this route calls Tx::pg, which needs a Postgres DATABASE_URL; use Tx::conn to serve the embedded store too"
@@ -167,6 +173,7 @@ impl Open {
     pub(crate) fn conn(&mut self) -> Conn<'_> {
         match &mut self.conn {
             OpenConn::Postgres(lease) => Conn::Postgres(lease),
+            #[cfg(feature = "sqlite")]
             OpenConn::Sqlite(tx) => Conn::Sqlite(tx),
         }
     }
@@ -189,6 +196,7 @@ impl Open {
                 })
                 .await
             }
+            #[cfg(feature = "sqlite")]
             OpenConn::Sqlite(tx) => {
                 bounded(self.timeout, async move {
                     let ended = if commit {
@@ -252,6 +260,7 @@ pub(crate) async fn begin(db: &Db, claims: &Claims, config: &Config) -> Result<O
         Db::Postgres(pg) => bounded(timeout, begin_postgres(pg, claims, config))
             .await
             .map(OpenConn::Postgres),
+        #[cfg(feature = "sqlite")]
         Db::Sqlite(pool) => bounded(timeout, async {
             pool.begin().await.map_err(StoreError::unavailable)
         })

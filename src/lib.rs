@@ -4,6 +4,7 @@
 
 mod app;
 pub mod auth;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -23,6 +24,7 @@ pub mod testing;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "prometheus")]
 use tokio::net::TcpListener;
 
 pub use app::App;
@@ -33,7 +35,9 @@ pub use error::ApiError;
 pub use routes::router;
 pub use server::serve;
 pub use state::{AppState, ShutdownFlag};
-pub use store::{Instrumented, PgStore, SqliteStore, UserStore};
+#[cfg(feature = "sqlite")]
+pub use store::SqliteStore;
+pub use store::{Instrumented, PgStore, UserStore};
 
 /// Why the service could not start (or `migrate` could not finish).
 #[derive(Debug, thiserror::Error)]
@@ -102,11 +106,7 @@ pub async fn build_state_with(
                 "SESSION_CHECK=on needs Postgres (auth.sessions); the embedded store ignores it"
             );
         }
-        Arc::new(Instrumented::new(
-            SqliteStore::open(config.database_url.expose(), config.db_timeout)
-                .await
-                .map_err(|e| StartError::Store(e.to_string()))?,
-        ))
+        open_embedded(&config.database_url, config.db_timeout).await?
     };
 
     let key_set = match &config.jwks_url {
@@ -120,6 +120,28 @@ pub async fn build_state_with(
         store,
         shutdown: ShutdownFlag::default(),
     })
+}
+
+/// Opens and migrates the embedded store at `url`.
+#[cfg(feature = "sqlite")]
+async fn open_embedded(
+    url: &config::DatabaseUrl,
+    timeout: Duration,
+) -> Result<Arc<dyn UserStore>, StartError> {
+    let store = SqliteStore::open(url.expose(), timeout)
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    Ok(Arc::new(Instrumented::new(store)))
+}
+
+/// Without the `sqlite` feature no `DatabaseUrl` names the embedded store (parsing refuses
+/// one), so this is reached only if that rule is ever broken: an error, never a panic.
+#[cfg(not(feature = "sqlite"))]
+async fn open_embedded(
+    _url: &config::DatabaseUrl,
+    _timeout: Duration,
+) -> Result<Arc<dyn UserStore>, StartError> {
+    Err(config::no_embedded_store("DATABASE_URL").into())
 }
 
 /// With `DB_RLS=on` each request's transaction switches to the token's role, one of
@@ -218,9 +240,7 @@ pub async fn migrate(config: &Config) -> Result<(), StartError> {
     if url.is_postgres() {
         run_migrations(url).await?;
     } else {
-        SqliteStore::open(url.expose(), config.db_timeout)
-            .await
-            .map_err(|e| StartError::Store(e.to_string()))?;
+        open_embedded(url, config.db_timeout).await?;
     }
     tracing::info!(database = %url.masked(), "migrations applied");
     Ok(())
@@ -253,7 +273,9 @@ pub async fn shutdown_signal() {
 /// Starts the Prometheus listener on `METRICS_ADDR`, its own socket and never the public
 /// one: installs the process-wide recorder, binds, and serves `GET /metrics` in a background
 /// task for the life of the runtime. Returns the bound address, or `None` when
-/// `METRICS_ADDR=off` (then nothing listens and nothing is recorded).
+/// `METRICS_ADDR=off` (then nothing listens and nothing is recorded). Needs the `prometheus`
+/// feature (a default one).
+#[cfg(feature = "prometheus")]
 pub async fn spawn_metrics_listener(
     state: &AppState,
 ) -> Result<Option<std::net::SocketAddr>, StartError> {

@@ -7,14 +7,16 @@ use clap::Parser;
 use supabase_jwt_service::cli::{Cli, Command};
 use supabase_jwt_service::config::Config;
 use supabase_jwt_service::mint::{MintRequest, mint};
+#[cfg(feature = "prometheus")]
+use supabase_jwt_service::spawn_metrics_listener;
 use supabase_jwt_service::{
-    App, StartError, build_state_with, log_startup, migrate, serve, shutdown_signal,
-    spawn_metrics_listener, telemetry,
+    App, StartError, build_state_with, log_startup, migrate, serve, shutdown_signal, telemetry,
 };
 
 // glibc's malloc/free and their consolidation were about a tenth of the service's CPU under
 // load; mimalloc's thread-local free lists cut the in-process cost of a request by about a
 // fifth (`cargo bench --bench request`).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -59,6 +61,8 @@ async fn run_server(config: Config, migrate: bool) -> Result<(), StartError> {
     let listen = config.listen;
     let state = build_state_with(config, migrate).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
+    // Without the exporter METRICS_ADDR has nothing to serve; the counts go nowhere.
+    #[cfg(feature = "prometheus")]
     spawn_metrics_listener(&state).await?;
     log_startup(&state.config, listener.local_addr()?);
     let app = App::new(state).with_profile_routes();

@@ -14,11 +14,13 @@ use crate::error::ApiError;
 pub mod instrumented;
 pub mod pool;
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 pub use instrumented::Instrumented;
 pub use pool::{ConnPool, Lease};
 pub use postgres::{PgStore, UserTransaction};
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 /// A boxed future, so that [`UserStore`] stays dyn-compatible.

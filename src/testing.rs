@@ -14,6 +14,7 @@
 //!     format!("hello {}", claims.sub)
 //! }
 //!
+//! # #[cfg(feature = "sqlite")] // the embedded store
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
@@ -32,6 +33,8 @@
 //! assert_eq!(answer.json["error"], "missing_token");
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "sqlite"))]
+//! # fn main() {}
 //! ```
 
 use std::net::SocketAddr;
@@ -88,6 +91,7 @@ pub fn hs256_token(config: &Config, user: impl Into<UserId>) -> Result<String, C
 /// ```
 /// use supabase_jwt_service::testing::JwksServer;
 ///
+/// # #[cfg(feature = "sqlite")] // the embedded store
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let keys = JwksServer::start().await?;
@@ -102,6 +106,8 @@ pub fn hs256_token(config: &Config, user: impl Into<UserId>) -> Result<String, C
 /// assert_eq!(claims.role, "authenticated");
 /// # Ok(())
 /// # }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
 /// ```
 #[derive(Debug)]
 pub struct JwksServer {

@@ -4,8 +4,10 @@
 use std::future::Future;
 
 use sqlx::postgres::PgRow;
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::SqliteRow;
 use sqlx::{FromRow, Row};
+#[cfg(feature = "sqlite")]
 use uuid::Uuid;
 
 use super::Claims;
@@ -14,6 +16,19 @@ use crate::config::Config;
 use crate::db::{Conn, begin};
 use crate::error::ApiError;
 use crate::store::{UserRow, UserStore};
+
+/// What a [`Profile`] decodes from: a Postgres row, and a SQLite row with the `sqlite` feature.
+/// Every type that does has it; `#[derive(sqlx::FromRow)]` gives both.
+#[cfg(feature = "sqlite")]
+pub trait ProfileRow: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> {}
+#[cfg(feature = "sqlite")]
+impl<T: for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow>> ProfileRow for T {}
+/// What a [`Profile`] decodes from: a Postgres row, and a SQLite row with the `sqlite` feature.
+/// Every type that does has it; `#[derive(sqlx::FromRow)]` gives both.
+#[cfg(not(feature = "sqlite"))]
+pub trait ProfileRow: for<'r> FromRow<'r, PgRow> {}
+#[cfg(not(feature = "sqlite"))]
+impl<T: for<'r> FromRow<'r, PgRow>> ProfileRow for T {}
 
 /// A caller's profile that [`ValidUser<P>`](super::ValidUser) loads: derive `sqlx::FromRow`
 /// and name the query. On Postgres it runs as the caller, under row-level security, in a
@@ -41,9 +56,7 @@ use crate::store::{UserRow, UserStore};
 /// }
 /// let route: axum::routing::MethodRouter<supabase_jwt_service::AppState> = axum::routing::get(plan);
 /// ```
-pub trait Profile:
-    for<'r> FromRow<'r, PgRow> + for<'r> FromRow<'r, SqliteRow> + Send + Unpin + 'static
-{
+pub trait Profile: ProfileRow + Send + Unpin + 'static {
     /// The caller's row on Postgres; `$1` is the caller's id, a `uuid`.
     const SELECT: &'static str;
     /// The caller's row on the embedded store; `?1` is the caller's id as text. There is no
@@ -80,6 +93,7 @@ async fn load_with_select<P: Profile>(
                     .fetch_optional(conn)
                     .await
             }
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite(conn) => {
                 sqlx::query_as::<_, P>(P::SQLITE_SELECT)
                     .bind(claims.sub.to_string())
@@ -126,6 +140,7 @@ impl FromRow<'_, PgRow> for UserRow {
 }
 
 /// The embedded store keeps ids as text.
+#[cfg(feature = "sqlite")]
 impl FromRow<'_, SqliteRow> for UserRow {
     fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
         let id: String = row.try_get("id")?;

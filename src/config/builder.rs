@@ -4,16 +4,14 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser;
-
 use super::{Config, ConfigError, RawConfig};
 
 /// Builds a [`Config`] in code. Each setter fills the raw setting of the same-named variable
 /// (in the README's table), and [`build`](Self::build) runs exactly the validation
 /// `Config::from_env` does, so a value refused in the environment is refused here, with the
 /// variable's name in the error. What you leave unset takes the environment's default: with
-/// no database URL the embedded SQLite store and, with no key setting, the Supabase CLI's
-/// local stack.
+/// no database URL the embedded SQLite store (an error without the `sqlite` feature) and,
+/// with no key setting, the Supabase CLI's local stack.
 ///
 /// ```
 /// use std::time::Duration;
@@ -32,7 +30,11 @@ use super::{Config, ConfigError, RawConfig};
 /// assert_eq!(config.issuer.as_deref(), Some("https://abcdefghijklmnop.supabase.co/auth/v1"));
 ///
 /// // The same rules as the environment: a short secret is refused, naming its variable.
-/// let err = Config::builder().jwt_secret("short").build().unwrap_err();
+/// let err = Config::builder()
+///     .database_url("postgres://postgres:pw@db.example.com:5432/postgres")
+///     .jwt_secret("short")
+///     .build()
+///     .unwrap_err();
 /// assert_eq!(err.var, "SUPABASE_JWT_SECRET");
 /// # Ok::<(), supabase_jwt_service::ConfigError>(())
 /// ```
@@ -170,15 +172,6 @@ impl ConfigBuilder {
     }
 }
 
-/// The environment alone, read through the same clap definitions as the binary's flags, so
-/// the variable names are written once.
-#[derive(Parser)]
-#[command(no_binary_name = true)]
-struct EnvOnly {
-    #[command(flatten)]
-    raw: RawConfig,
-}
-
 impl Config {
     /// A builder for configuration in code (see [`ConfigBuilder`]).
     pub fn builder() -> ConfigBuilder {
@@ -188,9 +181,6 @@ impl Config {
     /// The configuration from the process environment (the variables of the README's table),
     /// validated. Does not read `.env`; call `dotenvy::dotenv()` first for that.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let raw = EnvOnly::try_parse_from(std::iter::empty::<String>())
-            .map_err(|e| ConfigError::new("environment", e.kind().to_string()))?
-            .raw;
-        Self::from_raw(&raw, std::io::stderr().is_terminal())
+        Self::from_raw(&RawConfig::from_env()?, std::io::stderr().is_terminal())
     }
 }

@@ -7,21 +7,27 @@
 //! (`metrics::set_default_local_recorder`) on a current-thread runtime, so tests running side by
 //! side in one process never see each other's counts.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::http::{Method, StatusCode};
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use tokio::net::TcpListener;
+// The exporter and its listener: feature `prometheus`. The facade above stays, so the counts
+// reach whatever recorder a library user installs (none: every count is a no-op).
+#[cfg(feature = "prometheus")]
+use {
+    axum::Router,
+    axum::extract::State,
+    axum::http::{HeaderValue, header},
+    axum::response::{IntoResponse, Response},
+    axum::routing::get,
+    metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder},
+    std::future::Future,
+    std::sync::{Arc, Mutex, PoisonError},
+    tokio::net::TcpListener,
+};
 
 use crate::store::UserStore;
 
@@ -56,12 +62,14 @@ pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Histogram buckets in seconds, 1 ms to 10 s: most answers take a few milliseconds, and the
 /// slowest ones are bounded by `DB_TIMEOUT_SECONDS` and `REQUEST_TIMEOUT_SECONDS`.
+#[cfg(feature = "prometheus")]
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// How often histogram samples are folded into their buckets when nobody scrapes, so memory
 /// stays bounded (the exporter leaves this to its caller when it does not own the listener).
+#[cfg(feature = "prometheus")]
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the process-wide recorder could not be installed.
@@ -70,6 +78,7 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 pub struct InstallError;
 
 /// A recorder with our histogram buckets, not installed anywhere.
+#[cfg(feature = "prometheus")]
 pub fn recorder() -> PrometheusRecorder {
     let builder = PrometheusBuilder::new();
     // Only an empty bucket list is refused, and ours is not empty; should it ever be,
@@ -82,6 +91,7 @@ pub fn recorder() -> PrometheusRecorder {
 
 /// Installs the process-wide recorder (once; later calls return the same handle) and
 /// describes every metric. The handle renders the Prometheus text that `/metrics` serves.
+#[cfg(feature = "prometheus")]
 pub fn install() -> Result<PrometheusHandle, InstallError> {
     static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
     let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
@@ -226,6 +236,7 @@ pub fn sample(store: &dyn UserStore) {
     }
 }
 
+#[cfg(feature = "prometheus")]
 #[derive(Clone)]
 struct Scrape {
     handle: PrometheusHandle,
@@ -233,12 +244,14 @@ struct Scrape {
 }
 
 /// The metrics listener's router: `GET /metrics` samples the gauges, then renders `handle`.
+#[cfg(feature = "prometheus")]
 pub fn router(handle: PrometheusHandle, store: Arc<dyn UserStore>) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
         .with_state(Scrape { handle, store })
 }
 
+#[cfg(feature = "prometheus")]
 async fn scrape(State(scrape): State<Scrape>) -> Response {
     sample(scrape.store.as_ref());
     (
@@ -253,6 +266,7 @@ async fn scrape(State(scrape): State<Scrape>) -> Response {
 
 /// Serves [`router`] on `listener` until `shutdown` resolves, folding histogram samples
 /// every few seconds meanwhile.
+#[cfg(feature = "prometheus")]
 pub async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
@@ -275,7 +289,7 @@ pub async fn serve(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "prometheus"))]
 mod tests {
     use super::*;
 
