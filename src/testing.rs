@@ -69,6 +69,46 @@ use crate::mint::{MintRequest, access_token_claims, mint};
 pub static MIGRATOR: LazyLock<sqlx::migrate::Migrator> =
     LazyLock::new(crate::store::postgres::migrator);
 
+/// The demo profile's id: the embedded store starts with this user (full name `Demo User`),
+/// and the service's start-up hint mints a token for it.
+pub const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
+
+/// An HS256 secret for tests (at least 32 bytes, as `SUPABASE_JWT_SECRET` requires). It is
+/// public and protects nothing: never configure it outside a test.
+///
+/// ```
+/// use supabase_jwt_service::Config;
+/// use supabase_jwt_service::testing::SECRET;
+///
+/// let config = Config::builder()
+///     .database_url("postgres://postgres:pw@127.0.0.1:5432/postgres")
+///     .jwt_secret(SECRET)
+///     .build()?;
+/// assert_eq!(config.jwt_secret.as_ref().map(|s| s.expose()), Some(SECRET));
+/// # Ok::<(), supabase_jwt_service::ConfigError>(())
+/// ```
+pub const SECRET: &str = "test-secret-for-the-api-suite-0123456789abcdef";
+
+/// Signs any payload with HS256 and `secret`: for tokens with claims of your own (expired, for
+/// another audience, without `sub`) or signed with the wrong secret. [`hs256_token`] gives the
+/// ordinary one.
+///
+/// ```
+/// use supabase_jwt_service::testing::{SECRET, hs256_sign};
+///
+/// let token = hs256_sign(&serde_json::json!({"sub": "nobody", "exp": 0}), SECRET);
+/// assert_eq!(token.split('.').count(), 3);
+/// ```
+pub fn hs256_sign(claims: &Value, secret: &str) -> String {
+    // Encoding a JSON value with an HMAC key cannot fail short of a bug.
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap_or_default()
+}
+
 fn one_hour(user: UserId) -> MintRequest {
     MintRequest {
         sub: user,

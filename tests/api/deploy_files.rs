@@ -4,15 +4,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use clap::Parser;
 use supabase_jwt_service::cli::{Cli, Command};
 use supabase_jwt_service::config::{DEFAULT_SQLITE_URL, RawConfig};
+use supabase_jwt_service::testing::{SECRET, call, request};
 use supabase_jwt_service::{Config, build_state, router, telemetry};
-use tower::ServiceExt;
-
-const SECRET: &str = "deploy-files-test-secret-0123456789abcdef";
 
 fn repo_file(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
@@ -139,8 +136,9 @@ fn temp_db_url(name: &str) -> (PathBuf, String) {
 }
 
 async fn status_of(app: axum::Router, path: &str) -> StatusCode {
-    let request = Request::get(path).body(Body::empty()).expect("request");
-    app.oneshot(request).await.expect("infallible").status()
+    call(&app, request(Method::GET, path, None, None))
+        .await
+        .status
 }
 
 #[test]

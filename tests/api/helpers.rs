@@ -11,14 +11,13 @@ use serde_json::{Value, json};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, ConnectOptions};
 use supabase_jwt_service::config::{Config, DatabaseUrl, RawConfig};
+// The test kit's own: the tests use what a library user's tests use.
+pub use supabase_jwt_service::testing::{DEMO_USER, SECRET, hs256_sign as sign_with};
 use supabase_jwt_service::{AppState, Claims, PgStore, ShutdownFlag, Verifier, build_state, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
-
-/// The HS256 secret every test app is configured with.
-pub const SECRET: &str = "test-secret-for-the-api-suite-0123456789abcdef";
 
 /// The Postgres superuser URL the test command exports.
 pub fn admin_url() -> String {
@@ -246,16 +245,6 @@ pub fn sign(claims: &Value) -> String {
     sign_with(claims, SECRET)
 }
 
-/// Signs `claims` with HS256 and `secret`.
-pub fn sign_with(claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign")
-}
-
 /// A valid token for `user`.
 pub fn token_for(user: Uuid) -> String {
     sign(&claims(user))
@@ -300,9 +289,6 @@ pub async fn assert_invalid_token(response: reqwest::Response) {
 pub fn sqlite_config(dir: &std::path::Path) -> Config {
     Config::for_tests(&format!("sqlite://{}/t.db", dir.display()), SECRET).expect("config")
 }
-
-/// The demo profile every embedded store starts with.
-pub const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
 
 impl TestDb {
     /// Inserts many auth users with profiles in one statement (the pooler tests seed hundreds).

@@ -11,9 +11,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use supabase_jwt_service::testing::DEMO_USER;
 
 const BIN: &str = env!("CARGO_BIN_EXE_supabase-jwt-service");
-const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
 /// `nobody`: an unprivileged uid/gid that exists on Debian-like systems.
 const UNPRIVILEGED: u32 = 65534;
 const SETPRIV: &str = "/usr/bin/setpriv";

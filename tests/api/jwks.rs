@@ -13,15 +13,12 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use supabase_jwt_service::auth::jwks::KeySet;
 use supabase_jwt_service::config::{Config, RawConfig};
+use supabase_jwt_service::testing::{DEMO_USER, SECRET};
 use supabase_jwt_service::{AppState, build_state, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// The embedded store's demo profile (migrations/sqlite).
-const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
-/// A legacy HS256 secret, configured beside the key set in most tests.
-const SECRET: &str = "jwks-tests-legacy-hs256-secret-0123456789";
 /// Where Supabase serves the key set under the project URL.
 const JWKS_PATH: &str = "/auth/v1/.well-known/jwks.json";
 /// The usable keys in `tests/fixtures/jwks/jwks.json`, sorted.
@@ -168,7 +165,7 @@ struct App {
 
 impl App {
     /// Builds the service against `jwks` (SUPABASE_URL = its base) on a fresh SQLite store,
-    /// with [`SECRET`] as the legacy secret, and serves it on 127.0.0.1:0.
+    /// with the test kit's [`SECRET`] as the legacy secret, and serves it on 127.0.0.1:0.
     async fn spawn(jwks: &JwksServer, mutate: impl FnOnce(&mut RawConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut raw = RawConfig {

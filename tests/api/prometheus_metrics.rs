@@ -9,10 +9,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use supabase_jwt_service::testing::SECRET;
 use supabase_jwt_service::{Config, build_state, serve, telemetry};
 use tokio::net::TcpListener;
-
-const SECRET: &str = "metrics-test-secret-0123456789abcdefghijk";
 
 struct Running {
     api: SocketAddr,

@@ -12,13 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 use supabase_jwt_service::config::LogFormat;
+use supabase_jwt_service::testing::{DEMO_USER, SECRET};
 use supabase_jwt_service::{Config, build_state, serve, telemetry};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
-
-const SECRET: &str = "request-logs-test-secret-0123456789abcdef";
-const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
 
 /// A log writer that keeps everything written to it.
 #[derive(Clone, Default)]
