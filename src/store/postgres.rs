@@ -1,6 +1,6 @@
 //! The Postgres store: row-level security per transaction, pooler-safe statements.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Row};
@@ -132,6 +132,41 @@ fn read_in_one_message(
     sql
 }
 
+/// Server-side bounds for what follows in the same message or transaction: `statement_timeout`
+/// and `lock_timeout` of `limit`. `local` sets them transaction-locally (`SET LOCAL`), which is
+/// what holds behind a transaction-mode pooler: it ignores startup options and hands the session
+/// to others, but a message or a transaction runs whole on one backend. Without `local` they
+/// become the connection's defaults, for a direct connection's set-up only.
+///
+/// Both, because a backend waiting on a lock or running a slow statement does not notice its
+/// client leaving: without a bound on the server, every request given up at
+/// `DB_TIMEOUT_SECONDS` would leave work running there.
+fn server_limits_sql(limit: Duration, local: bool) -> String {
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+    let scope = if local { "local " } else { "" };
+    format!("set {scope}statement_timeout = {ms}; set {scope}lock_timeout = {ms}; ")
+}
+
+/// The server-side bound for work that has `left` of the caller's budget: a tenth less, so
+/// that the server gives up first and answers with an error, which leaves the connection
+/// clean and reusable, rather than the caller dropping a connection still at work.
+fn server_limit(left: Duration) -> Duration {
+    left.mul_f64(0.9)
+}
+
+/// Whether `e` says the connection or its server is gone (I/O, a closed socket, an
+/// administrator or crash shutdown, a server still starting, SQLSTATE class 08), as opposed to
+/// an answer about the statement. On a restarted server every idle connection fails this way.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "57P05")
+        }),
+        _ => false,
+    }
+}
+
 /// Quotes `text` as a PostgreSQL escape-string literal, `E'…'`: every backslash and quote is
 /// doubled, so the literal ends exactly where we end it, whatever the text holds. The `E` form
 /// reads backslashes the same way whatever `standard_conforming_strings` says; sqlx connects
@@ -188,8 +223,20 @@ impl PgStore {
             acquire_timeout: config.db_timeout.mul_f64(0.8),
             idle_timeout: Duration::from_secs(300),
             max_lifetime: Duration::from_secs(1800),
-            after_connect: (config.db_rls && config.prepared_statements)
-                .then(|| prepare_reads_sql(config.session_check)),
+            // A direct connection is ours alone: its defaults bound every statement it runs,
+            // the set-up's `PREPARE` (which waits on a locked table) included. Behind a pooler
+            // each message and transaction carries its own bounds instead.
+            after_connect: config.prepared_statements.then(|| {
+                let mut sql = server_limits_sql(server_limit(config.db_timeout), false);
+                if config.db_rls {
+                    sql.push_str(&prepare_reads_sql(config.session_check));
+                }
+                sql
+            }),
+            connect_timeout: config.db_timeout,
+            // Past the longest a statement may run on the server (above), plus a margin.
+            retire_wait: config.db_timeout + Duration::from_secs(1),
+            cancel_abandoned: config.prepared_statements,
         };
         Ok(Self {
             pool: ConnPool::new(options, settings),
@@ -221,25 +268,51 @@ impl PgStore {
     /// too. It costs one round trip. The caller bounds it in time (the pool's acquire timeout
     /// bounds only the wait for a connection); giving up early is safe.
     pub async fn begin_as(&self, claims: &Claims) -> Result<UserTransaction, StoreError> {
-        self.begin_with(Some(claims)).await
+        self.begin_with(Some(claims), Instant::now() + self.timeout)
+            .await
     }
 
     /// Begins the transaction for one write: as the user under `DB_RLS=on`, else a plain one
     /// whose statements filter by the verified id themselves. Writes run inside an explicit
     /// transaction: through a transaction-mode pooler, sqlx's unnamed statement is two
-    /// exchanges that another backend could answer the second of.
-    async fn begin_with(&self, claims: Option<&Claims>) -> Result<UserTransaction, StoreError> {
-        let mut lease = self.acquire().await?;
-        lease.enter_transaction();
-        let sql = match claims {
-            Some(claims) => begin_as_sql(claims.raw_json()),
-            None => "begin".to_owned(),
-        };
-        sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut *lease)
-            .await
-            .map_err(StoreError::unavailable)?;
-        Ok(UserTransaction { lease })
+    /// exchanges that another backend could answer the second of. Its statements are bounded on
+    /// the server by what is left until `deadline`.
+    ///
+    /// A `BEGIN` that fails because the connection is dead (a restarted server) is retried once
+    /// on a fresh connection: nothing was committed, as nothing ran.
+    async fn begin_with(
+        &self,
+        claims: Option<&Claims>,
+        deadline: Instant,
+    ) -> Result<UserTransaction, StoreError> {
+        let mut retried = false;
+        loop {
+            let mut lease = self.acquire().await?;
+            lease.enter_transaction();
+            let limits = server_limits_sql(
+                server_limit(deadline.saturating_duration_since(Instant::now())),
+                true,
+            );
+            let sql = match claims {
+                Some(claims) => limits + &begin_as_sql(claims.raw_json()),
+                None => limits + "begin",
+            };
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *lease).await {
+                Ok(_) => return Ok(UserTransaction { lease }),
+                Err(e) if !retried && connection_lost(&e) => {
+                    retried = true;
+                    self.after_connection_lost();
+                }
+                Err(e) => return Err(StoreError::unavailable(e)),
+            }
+        }
+    }
+
+    /// A connection proved dead: its idle siblings were opened to the same server, so they are
+    /// closed before the retry draws one.
+    fn after_connection_lost(&self) {
+        crate::telemetry::metrics::db_error("connection");
+        self.pool.discard_idle();
     }
 
     /// With `SESSION_CHECK=on`, the session the query must find active; a token without one is
@@ -252,8 +325,12 @@ impl PgStore {
         }
     }
 
-    async fn begin_for(&self, claims: &Claims) -> Result<UserTransaction, StoreError> {
-        self.begin_with(self.rls.then_some(claims)).await
+    async fn begin_for(
+        &self,
+        claims: &Claims,
+        deadline: Instant,
+    ) -> Result<UserTransaction, StoreError> {
+        self.begin_with(self.rls.then_some(claims), deadline).await
     }
 
     /// Checks that the connecting user may switch to `authenticated` (needed by `DB_RLS=on`).
@@ -361,36 +438,51 @@ impl UserStore for PgStore {
     fn profile<'a>(&'a self, claims: &'a Claims) -> StoreFuture<'a, Option<UserRow>> {
         Box::pin(bounded(self.timeout, async move {
             let session = self.session_to_check(claims)?;
-            let mut lease = self.acquire().await?;
-            let row = if self.rls || !self.prepared {
-                // One simple-protocol message, one round trip, nothing left to undo (see
-                // `read_in_one_message`). On a direct connection it executes the statement
-                // prepared when the connection opened; behind a pooler it names nothing.
-                let form = if self.prepared {
-                    ReadForm::Prepared
+            let deadline = Instant::now() + self.timeout;
+            // A read commits nothing, so one that failed on a dead connection (the server
+            // restarted since it was opened) is retried once on a fresh one.
+            let mut retried = false;
+            let (lease, row) = loop {
+                let mut lease = self.acquire().await?;
+                let read = if self.rls || !self.prepared {
+                    // One simple-protocol message, one round trip, nothing left to undo (see
+                    // `read_in_one_message`). On a direct connection it executes the statement
+                    // prepared when the connection opened; behind a pooler it names nothing.
+                    let form = if self.prepared {
+                        ReadForm::Prepared
+                    } else {
+                        ReadForm::Inline
+                    };
+                    let mut sql = server_limits_sql(
+                        server_limit(deadline.saturating_duration_since(Instant::now())),
+                        true,
+                    );
+                    sql.push_str(&read_in_one_message(self.rls, claims, session, form));
+                    sqlx::raw_sql(AssertSqlSafe(sql))
+                        .fetch_all(&mut *lease)
+                        .await
+                        .map(|mut rows| rows.pop())
                 } else {
-                    ReadForm::Inline
+                    // Direct connection, no RLS: one named prepared statement, the cheapest
+                    // query Postgres can answer; a single statement needs no explicit
+                    // transaction, and the connection's defaults bound it on the server.
+                    let query = match session {
+                        Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
+                            .bind(claims.sub.uuid())
+                            .bind(session),
+                        None => sqlx::query(SELECT_PROFILE).bind(claims.sub.uuid()),
+                    };
+                    query.fetch_optional(&mut *lease).await
                 };
-                sqlx::raw_sql(AssertSqlSafe(read_in_one_message(
-                    self.rls, claims, session, form,
-                )))
-                .fetch_all(&mut *lease)
-                .await
-                .map_err(StoreError::unavailable)?
-                .pop()
-            } else {
-                // Direct connection, no RLS: one named prepared statement, the cheapest
-                // query Postgres can answer; a single statement needs no explicit transaction.
-                let query = match session {
-                    Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
-                        .bind(claims.sub.uuid())
-                        .bind(session),
-                    None => sqlx::query(SELECT_PROFILE).bind(claims.sub.uuid()),
-                };
-                query
-                    .fetch_optional(&mut *lease)
-                    .await
-                    .map_err(StoreError::unavailable)?
+                match read {
+                    Ok(row) => break (lease, row),
+                    Err(e) if !retried && connection_lost(&e) => {
+                        retried = true;
+                        drop(lease);
+                        self.after_connection_lost();
+                    }
+                    Err(e) => return Err(StoreError::unavailable(e)),
+                }
             };
             lease.release();
             answer(row, session.is_some())
@@ -404,7 +496,9 @@ impl UserStore for PgStore {
     ) -> StoreFuture<'a, Option<UserRow>> {
         Box::pin(bounded(self.timeout, async move {
             let session = self.session_to_check(claims)?;
-            let mut tx = self.begin_for(claims).await?;
+            let mut tx = self
+                .begin_for(claims, Instant::now() + self.timeout)
+                .await?;
             let row = match session {
                 Some(session) => sqlx::query(UPDATE_NAME_IF_SESSION_ACTIVE)
                     .bind(claims.sub.uuid())
@@ -429,13 +523,24 @@ impl UserStore for PgStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(bounded(self.timeout, async move {
-            let mut lease = self.acquire().await?;
-            sqlx::raw_sql("select 1")
-                .execute(&mut *lease)
-                .await
-                .map_err(StoreError::unavailable)?;
-            lease.release();
-            Ok(())
+            // Like a read, retried once after a dead connection: `/readyz` should not report
+            // a database that is back as down.
+            let mut retried = false;
+            loop {
+                let mut lease = self.acquire().await?;
+                match sqlx::raw_sql("select 1").execute(&mut *lease).await {
+                    Ok(_) => {
+                        lease.release();
+                        return Ok(());
+                    }
+                    Err(e) if !retried && connection_lost(&e) => {
+                        retried = true;
+                        drop(lease);
+                        self.after_connection_lost();
+                    }
+                    Err(e) => return Err(StoreError::unavailable(e)),
+                }
+            }
         }))
     }
 
