@@ -340,17 +340,38 @@ impl Shared {
     /// the retire wait, or the connection failed. A statement still running after a round trip
     /// is cancelled first, when the pool cancels.
     async fn drain(&self, conn: &mut PgConnection, pid: Option<i32>) -> bool {
-        let mut ping = std::pin::pin!(conn.ping());
-        if let Ok(answered) = tokio::time::timeout(CANCEL_AFTER, &mut ping).await {
-            return answered.is_ok();
+        let mut answered = {
+            let mut ping = std::pin::pin!(conn.ping());
+            match tokio::time::timeout(CANCEL_AFTER, &mut ping).await {
+                Ok(answered) => answered,
+                Err(_) => {
+                    if let Some(pid) = pid {
+                        self.cancel(pid).await;
+                    }
+                    match tokio::time::timeout(self.settings.retire_wait, ping).await {
+                        Ok(answered) => answered,
+                        Err(_) => return false,
+                    }
+                }
+            }
+        };
+        // An error the server answered (the cancelled statement's, say) ends sqlx's ping before
+        // the rest of what is owed arrived; the connection is alive and in step once a ping
+        // gets through. Each error answers one message sent before, so a few tries suffice.
+        for _ in 0..3 {
+            match answered {
+                Ok(()) => return true,
+                Err(sqlx::Error::Database(_)) => {
+                    answered =
+                        match tokio::time::timeout(self.settings.retire_wait, conn.ping()).await {
+                            Ok(answered) => answered,
+                            Err(_) => return false,
+                        };
+                }
+                Err(_) => return false,
+            }
         }
-        if let Some(pid) = pid {
-            self.cancel(pid).await;
-        }
-        matches!(
-            tokio::time::timeout(self.settings.retire_wait, ping).await,
-            Ok(Ok(()))
-        )
+        false
     }
 
     /// Asks the server to cancel what backend `pid` runs, on the control connection (opened
