@@ -265,8 +265,10 @@ impl PgStore {
     /// `rollback` end it, and a transaction dropped while open takes its connection with it.
     ///
     /// This is the path the store's writes take when `DB_RLS=on`; your own routes can use it
-    /// too. It costs one round trip. The caller bounds it in time (the pool's acquire timeout
-    /// bounds only the wait for a connection); giving up early is safe.
+    /// too. It costs one round trip. Every statement of the transaction is bounded on the
+    /// server by `statement_timeout` and `lock_timeout` of nine tenths of `DB_TIMEOUT_SECONDS`
+    /// (transaction-local). The caller bounds it in time (the pool's acquire timeout bounds
+    /// only the wait for a connection); giving up early is safe.
     pub async fn begin_as(&self, claims: &Claims) -> Result<UserTransaction, StoreError> {
         self.begin_with(Some(claims), Instant::now() + self.timeout)
             .await
@@ -577,6 +579,29 @@ mod tests {
         assert_eq!(quote_literal("it's"), "E'it''s'");
         assert_eq!(quote_literal(r"a\'b"), r"E'a\\''b'");
         assert_eq!(quote_literal(r#"{"x":"\"q\""}"#), r#"E'{"x":"\\"q\\""}'"#);
+    }
+
+    #[test]
+    fn server_limits_bound_statements_and_lock_waits() {
+        assert_eq!(
+            server_limits_sql(Duration::from_millis(2700), true),
+            "set local statement_timeout = 2700; set local lock_timeout = 2700; "
+        );
+        assert_eq!(
+            server_limits_sql(Duration::from_secs(3), false),
+            "set statement_timeout = 3000; set lock_timeout = 3000; "
+        );
+        // Zero would mean "no limit" to Postgres.
+        assert!(server_limits_sql(Duration::ZERO, true).contains("statement_timeout = 1;"));
+        assert!(server_limit(Duration::from_secs(3)) < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn only_a_lost_connection_is_retried() {
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(connection_lost(&sqlx::Error::Io(eof)));
+        assert!(!connection_lost(&sqlx::Error::PoolTimedOut));
+        assert!(!connection_lost(&sqlx::Error::RowNotFound));
     }
 
     #[test]

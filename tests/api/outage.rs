@@ -198,7 +198,8 @@ async fn stopped_then_frozen_database_gives_fast_503s_and_the_service_recovers_b
             "outage/frozen wave {wave}: 100 concurrent requests all 503, slowest {worst:?}, wave {took:?}; \
              open connections to Postgres {open} (pool {pool_size}); alive tasks {tasks} (before freeze {tasks_before})"
         );
-        assert!(open <= pool_size, "{open} connections to Postgres");
+        // The pool, plus the one connection cancels of abandoned statements go on.
+        assert!(open <= pool_size + 1, "{open} connections to Postgres");
         residue.push(tasks.saturating_sub(tasks_before));
     }
     // What a wave leaves behind is bounded by the pool (connections waiting to be returned),
@@ -221,7 +222,7 @@ async fn stopped_then_frozen_database_gives_fast_503s_and_the_service_recovers_b
     .fetch_one(&app_pool(&pg).await)
     .await
     .unwrap();
-    assert!(backends <= pool_size as i64, "{backends} backends");
+    assert!(backends <= pool_size as i64 + 1, "{backends} backends");
 }
 
 async fn app_pool(pg: &PrivatePg) -> sqlx::PgPool {
@@ -482,7 +483,7 @@ fn report_samples(what: &str, samples: &[Sample]) -> (i64, f64) {
     (max, oldest)
 }
 
-/// From `since`, the time until `GET /name` answers 200 (polled every 20 ms, at most 5 s).
+/// The time until `GET /name` answers 200 (polled every 20 ms, at most 5 s).
 async fn time_to_200(app: &TestApp, token: &str) -> Duration {
     let started = Instant::now();
     for _ in 0..250 {
@@ -673,4 +674,67 @@ async fn a_database_restart_costs_no_request() {
         slowest(&answers)
     );
     assert_eq!(failed, 0, "{statuses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_statement_is_cancelled_on_the_server() {
+    let db = TestDb::new().await;
+    let store = supabase_jwt_service::PgStore::connect_lazy(&limits_config(&db.url)).unwrap();
+    let mut lease = store.acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut *lease)
+        .await
+        .unwrap();
+    // A caller that gives up mid-statement, well before any server-side timeout.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        sqlx::raw_sql("select pg_sleep(20)").execute(&mut *lease),
+    )
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "the statement was meant to outlast the caller"
+    );
+    let dropped = Instant::now();
+    drop(lease);
+    let mut state = String::new();
+    for _ in 0..60 {
+        state =
+            sqlx::query_scalar("select coalesce(state, '') from pg_stat_activity where pid = $1")
+                .bind(pid)
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| "gone".into());
+        if state != "active" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ended = dropped.elapsed();
+    let backends: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where application_name = $1 and datname = $2",
+    )
+    .bind(APP_NAME)
+    .bind(&db.name)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    eprintln!(
+        "cancel: the abandoned pg_sleep(20) ended {ended:?} after its lease was dropped \
+         (backend now {state:?}); service backends {backends} (one pooled, one control)"
+    );
+    assert_eq!(state, "idle", "{ended:?} after the drop");
+    assert!(ended < Duration::from_millis(1500), "{ended:?}");
+    assert!(backends <= 2, "{backends} backends");
+    // Cancelled, drained, and back in the pool rather than closed.
+    let mut idle = 0;
+    for _ in 0..20 {
+        idle = store.pool().num_idle();
+        if idle == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(idle, 1, "the connection did not come back to the pool");
 }
