@@ -42,6 +42,30 @@ const CANCEL_AFTER: Duration = Duration::from_millis(100);
 const REAP_EVERY: Duration = Duration::from_secs(30);
 
 /// Sizes and lifetimes of a [`ConnPool`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use supabase_jwt_service::store::pool::{ConnPool, PoolSettings};
+///
+/// # async fn demo() -> Result<(), sqlx::Error> {
+/// let settings = PoolSettings {
+///     max_connections: 10,
+///     acquire_timeout: Duration::from_millis(2400),
+///     idle_timeout: Duration::from_secs(300),
+///     max_lifetime: Duration::from_secs(1800),
+///     // Bounded on the server: a set-up that waits on a locked table gives up by itself.
+///     after_connect: Some("set statement_timeout = 2700; set lock_timeout = 2700".into()),
+///     connect_timeout: Duration::from_secs(3),
+///     retire_wait: Duration::from_secs(4),
+///     cancel_abandoned: true,
+/// };
+/// let pool = ConnPool::new("postgres://postgres@127.0.0.1/postgres".parse()?, settings);
+/// let mut lease = pool.acquire().await?;
+/// sqlx::raw_sql("select 1").execute(&mut *lease).await?;
+/// lease.release();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
     /// The most connections open at once, busy, idle or being retired.

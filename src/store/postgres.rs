@@ -253,7 +253,10 @@ impl PgStore {
     }
 
     /// A pooled connection, for queries of your own; hand it back with [`Lease::release`]
-    /// once they succeeded. The caller bounds it in time.
+    /// once they succeeded. The caller bounds it in time. On a direct connection its
+    /// statements run under `statement_timeout` and `lock_timeout` of nine tenths of
+    /// `DB_TIMEOUT_SECONDS` (the connection's defaults: `SET LOCAL` longer ones inside a
+    /// transaction for longer work), so that nothing abandoned runs on unbounded.
     pub async fn acquire(&self) -> Result<Lease, StoreError> {
         self.pool.acquire().await.map_err(StoreError::unavailable)
     }
