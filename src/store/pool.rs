@@ -54,7 +54,7 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 ///     idle_timeout: Duration::from_secs(300),
 ///     max_lifetime: Duration::from_secs(1800),
 ///     // Bounded on the server: a set-up that waits on a locked table gives up by itself.
-///     after_connect: Some("set statement_timeout = 2700; set lock_timeout = 2700".into()),
+///     after_connect: Some("set local lock_timeout = 2700; prepare one as select 1".into()),
 ///     connect_timeout: Duration::from_secs(3),
 ///     retire_wait: Duration::from_secs(4),
 ///     cancel_abandoned: true,
@@ -95,6 +95,8 @@ pub struct PoolSettings {
     /// extra "control" connection opened when first needed) rather than wait for it. Only for
     /// direct connections: behind a transaction-mode pooler the backend process id read at
     /// connect names whichever server connection answered, which may be serving someone else.
+    /// As a second guard, a connection whose server does not listen on the port connected to
+    /// (a pooler's) is never cancelled.
     pub cancel_abandoned: bool,
 }
 
@@ -345,19 +347,27 @@ impl Shared {
 
     /// Runs `after_connect` and, when cancels are on, reads the backend's process id in the
     /// same message: one round trip either way.
+    ///
+    /// The id is kept only when the server listens on the port we connected to. A pooler in
+    /// front (PgBouncer on 6432, Supavisor on 6543, or any other port) shows the port of the
+    /// server behind it, and there the id names a server connection the pooler lends to others,
+    /// whose statements a cancel must never reach. A port mapping that changes the number on a
+    /// direct connection only costs the cancel; the drain still frees the slot.
     async fn set_up(&self, conn: &mut PgConnection) -> Result<Option<i32>, sqlx::Error> {
         let mut sql = self.settings.after_connect.clone().unwrap_or_default();
         if self.settings.cancel_abandoned {
-            sql.push_str("; select pg_backend_pid()");
+            sql.push_str("; select pg_backend_pid(), inet_server_port()");
         }
         if sql.is_empty() {
             return Ok(None);
         }
         let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(conn).await?;
-        if !self.settings.cancel_abandoned {
+        let Some(row) = rows.last().filter(|_| self.settings.cancel_abandoned) else {
             return Ok(None);
-        }
-        rows.last().map(|row| row.try_get::<i32, _>(0)).transpose()
+        };
+        let pid: i32 = row.try_get(0)?;
+        let port: Option<i32> = row.try_get(1)?;
+        Ok((port == Some(i32::from(self.options.get_port()))).then_some(pid))
     }
 
     /// Waits until the server answered everything `conn` was sent; `false` if it did not within

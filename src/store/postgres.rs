@@ -133,18 +133,17 @@ fn read_in_one_message(
 }
 
 /// Server-side bounds for what follows in the same message or transaction: `statement_timeout`
-/// and `lock_timeout` of `limit`. `local` sets them transaction-locally (`SET LOCAL`), which is
-/// what holds behind a transaction-mode pooler: it ignores startup options and hands the session
-/// to others, but a message or a transaction runs whole on one backend. Without `local` they
-/// become the connection's defaults, for a direct connection's set-up only.
+/// and `lock_timeout` of `limit`, set transaction-locally (`SET LOCAL`). That is what holds
+/// behind a transaction-mode pooler, which ignores startup options and hands the session to
+/// others while a message or a transaction runs whole on one backend; and it leaves nothing on
+/// a server connection that a pooler we did not detect could lend to another client.
 ///
 /// Both, because a backend waiting on a lock or running a slow statement does not notice its
 /// client leaving: without a bound on the server, every request given up at
 /// `DB_TIMEOUT_SECONDS` would leave work running there.
-fn server_limits_sql(limit: Duration, local: bool) -> String {
+fn server_limits_sql(limit: Duration) -> String {
     let ms = limit.as_millis().clamp(1, i32::MAX as u128);
-    let scope = if local { "local " } else { "" };
-    format!("set {scope}statement_timeout = {ms}; set {scope}lock_timeout = {ms}; ")
+    format!("set local statement_timeout = {ms}; set local lock_timeout = {ms}; ")
 }
 
 /// The server-side bound for work that has `left` of the caller's budget: a tenth less, so
@@ -223,18 +222,18 @@ impl PgStore {
             acquire_timeout: config.db_timeout.mul_f64(0.8),
             idle_timeout: Duration::from_secs(300),
             max_lifetime: Duration::from_secs(1800),
-            // A direct connection is ours alone: its defaults bound every statement it runs,
-            // the set-up's `PREPARE` (which waits on a locked table) included. Behind a pooler
-            // each message and transaction carries its own bounds instead.
+            // The set-up's `PREPARE` waits on a locked table like any read, so it is bounded on
+            // the server too; the pool adds the read of the backend's process id for cancels.
             after_connect: config.prepared_statements.then(|| {
-                let mut sql = server_limits_sql(server_limit(config.db_timeout), false);
+                let mut sql = server_limits_sql(server_limit(config.db_timeout));
                 if config.db_rls {
                     sql.push_str(&prepare_reads_sql(config.session_check));
                 }
                 sql
             }),
             connect_timeout: config.db_timeout,
-            // Past the longest a statement may run on the server (above), plus a margin.
+            // Past the longest the server lets one of our messages or transactions run (their
+            // bounds are at most nine tenths of the timeout), plus a margin.
             retire_wait: config.db_timeout + Duration::from_secs(1),
             cancel_abandoned: config.prepared_statements,
         };
@@ -253,10 +252,10 @@ impl PgStore {
     }
 
     /// A pooled connection, for queries of your own; hand it back with [`Lease::release`]
-    /// once they succeeded. The caller bounds it in time. On a direct connection its
-    /// statements run under `statement_timeout` and `lock_timeout` of nine tenths of
-    /// `DB_TIMEOUT_SECONDS` (the connection's defaults: `SET LOCAL` longer ones inside a
-    /// transaction for longer work), so that nothing abandoned runs on unbounded.
+    /// once they succeeded. The caller bounds it in time, and should bound its statements on
+    /// the server too (`SET LOCAL statement_timeout` in its transaction): a lease dropped
+    /// mid-statement has the statement cancelled on a direct connection, but behind a pooler
+    /// its slot is freed [`PoolSettings::retire_wait`] after the drop whatever still runs.
     pub async fn acquire(&self) -> Result<Lease, StoreError> {
         self.pool.acquire().await.map_err(StoreError::unavailable)
     }
@@ -294,10 +293,9 @@ impl PgStore {
         loop {
             let mut lease = self.acquire().await?;
             lease.enter_transaction();
-            let limits = server_limits_sql(
-                server_limit(deadline.saturating_duration_since(Instant::now())),
-                true,
-            );
+            let limits = server_limits_sql(server_limit(
+                deadline.saturating_duration_since(Instant::now()),
+            ));
             let sql = match claims {
                 Some(claims) => limits + &begin_as_sql(claims.raw_json()),
                 None => limits + "begin",
@@ -458,10 +456,9 @@ impl UserStore for PgStore {
                     } else {
                         ReadForm::Inline
                     };
-                    let mut sql = server_limits_sql(
-                        server_limit(deadline.saturating_duration_since(Instant::now())),
-                        true,
-                    );
+                    let mut sql = server_limits_sql(server_limit(
+                        deadline.saturating_duration_since(Instant::now()),
+                    ));
                     sql.push_str(&read_in_one_message(self.rls, claims, session, form));
                     sqlx::raw_sql(AssertSqlSafe(sql))
                         .fetch_all(&mut *lease)
@@ -470,7 +467,7 @@ impl UserStore for PgStore {
                 } else {
                     // Direct connection, no RLS: one named prepared statement, the cheapest
                     // query Postgres can answer; a single statement needs no explicit
-                    // transaction, and the connection's defaults bound it on the server.
+                    // transaction. The caller's bound ends it: once given up, it is cancelled.
                     let query = match session {
                         Some(session) => sqlx::query(SELECT_PROFILE_AND_SESSION)
                             .bind(claims.sub.uuid())
@@ -587,15 +584,11 @@ mod tests {
     #[test]
     fn server_limits_bound_statements_and_lock_waits() {
         assert_eq!(
-            server_limits_sql(Duration::from_millis(2700), true),
+            server_limits_sql(Duration::from_millis(2700)),
             "set local statement_timeout = 2700; set local lock_timeout = 2700; "
         );
-        assert_eq!(
-            server_limits_sql(Duration::from_secs(3), false),
-            "set statement_timeout = 3000; set lock_timeout = 3000; "
-        );
         // Zero would mean "no limit" to Postgres.
-        assert!(server_limits_sql(Duration::ZERO, true).contains("statement_timeout = 1;"));
+        assert!(server_limits_sql(Duration::ZERO).contains("statement_timeout = 1;"));
         assert!(server_limit(Duration::from_secs(3)) < Duration::from_secs(3));
     }
 
