@@ -759,3 +759,39 @@ async fn an_abandoned_statement_is_cancelled_on_the_server() {
     }
     assert_eq!(idle, 1, "the connection did not come back to the pool");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cancel_goes_through_a_pooler() {
+    // PgBouncer in transaction mode on a port of its own, with a plain URL and prepared
+    // statements forced on: the process id read at connect names a server connection that
+    // PgBouncer lends to everyone, so a cancel sent to it could end a stranger's statement.
+    let db = TestDb::new().await;
+    let config = config_with(&with_database(&pgbouncer_url(), &db.name), |r| {
+        r.db_rls = Some("off".into());
+        r.db_prepared_statements = Some("on".into());
+        r.db_timeout_seconds = Some("3".into());
+    });
+    let store = supabase_jwt_service::PgStore::connect_lazy(&config).unwrap();
+    let mut lease = store.acquire().await.unwrap();
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(300),
+        sqlx::raw_sql("select pg_sleep(2) /* sjs-pooler-cancel */").execute(&mut *lease),
+    )
+    .await;
+    assert!(abandoned.is_err());
+    drop(lease);
+    // Past the pool's grace before it cancels (100 ms), the statement still runs.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let running: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where state = 'active' \
+         and query like '%sjs-pooler-cancel%' and pid <> pg_backend_pid()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    eprintln!("pooler: abandoned statements still running 700 ms after the drop: {running}");
+    assert_eq!(
+        running, 1,
+        "the abandoned statement was cancelled through the pooler"
+    );
+}
