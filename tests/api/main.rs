@@ -1,9 +1,11 @@
 //! One integration-test binary: the crate links once (this matters on 2-core CI).
 #![allow(clippy::unwrap_used)]
 
+mod chat;
 mod cli;
 mod deploy_files;
 mod errors;
+mod fake_llm;
 mod fixtures;
 mod happy;
 mod helpers;
