@@ -65,25 +65,23 @@ fn title_of(message: &str) -> String {
 pub async fn list(conn: Conn<'_>, user: Uuid) -> Result<Vec<ConversationSummary>, sqlx::Error> {
     let rows = match conn {
         // No owner filter: RLS returns the caller's rows only (tested).
-        Conn::Pg(conn) => {
-            sqlx::query(
-                "select id, title, to_json(updated_at) #>> '{}' as updated_at \
+        Conn::Pg(conn) => sqlx::query(
+            "select id, title, to_json(updated_at) #>> '{}' as updated_at \
                  from public.conversations order by updated_at desc limit $1",
-            )
-            .bind(MAX_LISTED)
-            .persistent(false)
-            .fetch_all(conn)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(ConversationSummary {
-                    id: r.try_get("id")?,
-                    title: r.try_get("title")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
+        )
+        .bind(MAX_LISTED)
+        .persistent(false)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ConversationSummary {
+                id: r.try_get("id")?,
+                title: r.try_get("title")?,
+                updated_at: r.try_get("updated_at")?,
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?
-        }
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?,
         Conn::Sqlite(conn) => sqlite_list(conn, user).await?,
     };
     Ok(rows)

@@ -23,7 +23,13 @@ impl LocalModel {
         let pieces: VecDeque<String> = words
             .iter()
             .enumerate()
-            .map(|(i, w)| if i == last { (*w).to_owned() } else { format!("{w} ") })
+            .map(|(i, w)| {
+                if i == last {
+                    (*w).to_owned()
+                } else {
+                    format!("{w} ")
+                }
+            })
             .collect();
         let prompt_tokens = messages
             .iter()
@@ -65,7 +71,9 @@ mod tests {
 
     #[tokio::test]
     async fn it_echoes_word_by_word_and_counts_words() {
-        let model = LocalModel { delay: Duration::ZERO };
+        let model = LocalModel {
+            delay: Duration::ZERO,
+        };
         let mut answer = model.answer(&[Message {
             role: "user".into(),
             content: "  hello   big world ".into(),
@@ -79,6 +87,12 @@ mod tests {
             }
         }
         assert_eq!(text, "hello big world");
-        assert_eq!(usage, Some(Usage { prompt_tokens: 3, completion_tokens: 3 }));
+        assert_eq!(
+            usage,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 3
+            })
+        );
     }
 }

@@ -51,28 +51,58 @@ struct ChatArgs {
     #[arg(long, env = "LLM_API_KEY", hide_env_values = true)]
     llm_api_key: Option<String>,
     /// Model name sent upstream
-    #[arg(long, env = "LLM_MODEL", default_value = "gpt-4o-mini", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "LLM_MODEL",
+        default_value = "gpt-4o-mini",
+        hide_env_values = true
+    )]
     llm_model: String,
     /// Longest an answer may stream, in seconds
-    #[arg(long, env = "CHAT_MAX_SECONDS", default_value_t = 120, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CHAT_MAX_SECONDS",
+        default_value_t = 120,
+        hide_env_values = true
+    )]
     chat_max_seconds: u64,
     /// Longest wait for the upstream's response headers, in seconds
-    #[arg(long, env = "CHAT_FIRST_BYTE_SECONDS", default_value_t = 30, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CHAT_FIRST_BYTE_SECONDS",
+        default_value_t = 30,
+        hide_env_values = true
+    )]
     chat_first_byte_seconds: u64,
     /// Requests per minute per signed-in user
     #[arg(long, env = "CHAT_RPM", default_value_t = 10, hide_env_values = true)]
     chat_rpm: u32,
     /// Requests per minute per anonymous user; 0 refuses them
-    #[arg(long, env = "CHAT_ANON_RPM", default_value_t = 2, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CHAT_ANON_RPM",
+        default_value_t = 2,
+        hide_env_values = true
+    )]
     chat_anon_rpm: u32,
     /// Completion tokens per user and UTC day
-    #[arg(long, env = "CHAT_TOKENS_PER_DAY", default_value_t = 20_000, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CHAT_TOKENS_PER_DAY",
+        default_value_t = 20_000,
+        hide_env_values = true
+    )]
     chat_tokens_per_day: u64,
     /// Answers one user may stream at once (per instance)
     #[arg(long, env = "CHAT_MAX_STREAMS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     chat_max_streams: u32,
     /// The local model's delay before each word, in milliseconds
-    #[arg(long, env = "CHAT_LOCAL_DELAY_MS", default_value_t = 60, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CHAT_LOCAL_DELAY_MS",
+        default_value_t = 60,
+        hide_env_values = true
+    )]
     chat_local_delay_ms: u64,
 }
 

@@ -48,7 +48,12 @@ impl Limits {
 
 /// Admits one request or says how long to wait, as ONE statement that checks and counts
 /// atomically, so concurrent requests (on any number of machines) cannot overshoot.
-pub async fn admit(conn: Conn<'_>, user: Uuid, rpm: u32, tokens_per_day: u64) -> Result<(), ApiError> {
+pub async fn admit(
+    conn: Conn<'_>,
+    user: Uuid,
+    rpm: u32,
+    tokens_per_day: u64,
+) -> Result<(), ApiError> {
     let wait = match conn {
         Conn::Pg(conn) => admit_pg(conn, rpm, tokens_per_day).await,
         Conn::Sqlite(conn) => admit_sqlite(conn, user, rpm, tokens_per_day).await,
@@ -61,7 +66,11 @@ pub async fn admit(conn: Conn<'_>, user: Uuid, rpm: u32, tokens_per_day: u64) ->
 }
 
 /// `chat_private.admit` acts on `auth.uid()` (see the migration): 0, or seconds to wait.
-async fn admit_pg(conn: &mut PgConnection, rpm: u32, tokens_per_day: u64) -> Result<u32, sqlx::Error> {
+async fn admit_pg(
+    conn: &mut PgConnection,
+    rpm: u32,
+    tokens_per_day: u64,
+) -> Result<u32, sqlx::Error> {
     let wait: i32 = sqlx::query_scalar("select chat_private.admit($1, $2)")
         .bind(i32::try_from(rpm).unwrap_or(i32::MAX))
         .bind(i64::try_from(tokens_per_day).unwrap_or(i64::MAX))
@@ -216,7 +225,10 @@ mod tests {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let first = streams.try_acquire(a).unwrap();
         let _second = streams.try_acquire(a).unwrap();
-        assert_eq!(streams.try_acquire(a).unwrap_err(), ApiError::RateLimited(1));
+        assert_eq!(
+            streams.try_acquire(a).unwrap_err(),
+            ApiError::RateLimited(1)
+        );
         let _other = streams.try_acquire(b).unwrap();
         drop(first);
         assert!(streams.try_acquire(a).is_ok());

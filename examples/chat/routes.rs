@@ -41,11 +41,8 @@ const INVALID_CHAT_BODY: ApiError = ApiError::custom(
     "expected a JSON object {\"conversation_id\": uuid or null, \"message\": string of 1 to 4000 characters}",
 );
 
-const NO_SUCH_CONVERSATION: ApiError = ApiError::custom(
-    StatusCode::NOT_FOUND,
-    "not_found",
-    "no such conversation",
-);
+const NO_SUCH_CONVERSATION: ApiError =
+    ApiError::custom(StatusCode::NOT_FOUND, "not_found", "no such conversation");
 
 /// What the chat's handlers need.
 #[derive(Clone)]

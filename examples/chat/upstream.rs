@@ -153,7 +153,10 @@ impl Upstream {
             .extend(["chat", "completions"]);
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
-            .user_agent(concat!("supabase-jwt-service-chat/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "supabase-jwt-service-chat/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()
             .map_err(|e| format!("LLM client: {e}"))?;
         Ok(Self {
@@ -261,8 +264,7 @@ impl UpstreamAnswer {
             if self.finished {
                 return Ok(None);
             }
-            let chunk = match tokio::time::timeout_at(self.deadline, self.response.chunk()).await
-            {
+            let chunk = match tokio::time::timeout_at(self.deadline, self.response.chunk()).await {
                 Err(_) => return Err(StreamError::TimedOut),
                 Ok(Err(e)) => {
                     tracing::warn!(target: "chat::upstream", error = %e, "model stream broke");
@@ -500,6 +502,9 @@ mod tests {
         )
         .unwrap();
         assert!(!format!("{upstream:?}").contains("sk-very-secret"));
-        assert_eq!(upstream.url().as_str(), "http://127.0.0.1:1/v1/chat/completions");
+        assert_eq!(
+            upstream.url().as_str(),
+            "http://127.0.0.1:1/v1/chat/completions"
+        );
     }
 }

@@ -99,7 +99,12 @@ impl FakeLlm {
 
     /// The last request body.
     pub fn last_body(&self) -> Value {
-        self.seen.last_body.lock().unwrap().clone().unwrap_or(Value::Null)
+        self.seen
+            .last_body
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or(Value::Null)
     }
 
     /// Waits (at most `limit`, polling every 10 ms) until `check` holds; returns whether it did.
@@ -209,7 +214,11 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: By
                 .into_response();
         }
         "401" => {
-            return (StatusCode::UNAUTHORIZED, r#"{"error":{"message":"bad key"}}"#).into_response();
+            return (
+                StatusCode::UNAUTHORIZED,
+                r#"{"error":{"message":"bad key"}}"#,
+            )
+                .into_response();
         }
         "hang" => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -253,7 +262,11 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: By
             return;
         }
         let _ = tx.send(Ok(usage_chunk(prompt_tokens, count))).await;
-        if tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await.is_ok() {
+        if tx
+            .send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
+            .await
+            .is_ok()
+        {
             guard.finished = true;
         }
     });
