@@ -206,21 +206,14 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "17");
         let r = ApiError::RateLimited(0).into_response();
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(
-            r.headers()[header::RETRY_AFTER],
-            "1",
-            "never ask for a wait of 0"
-        );
+        assert_eq!(r.headers()[header::RETRY_AFTER], "1", "never ask for a wait of 0");
         assert_eq!(ApiError::RateLimited(5).code(), "rate_limited");
     }
 
     #[test]
     fn custom_answers_use_the_same_shape() {
         let e = ApiError::custom(StatusCode::CONFLICT, "note_locked", "this note is locked");
-        assert_eq!(
-            (e.status(), e.code()),
-            (StatusCode::CONFLICT, "note_locked")
-        );
+        assert_eq!((e.status(), e.code()), (StatusCode::CONFLICT, "note_locked"));
         assert_eq!(e.retry_after(), None);
     }
 
