@@ -36,10 +36,20 @@ use crate::upstream::{ApiKey, Model, Upstream};
 #[derive(Debug, Parser)]
 #[command(name = "chat", about, long_about = None)]
 struct Cli {
+    /// `migrate`: apply the service's and the chat's migrations and exit (fly.toml's
+    /// release_command); without it, serve (the chat's own migrations are applied at start).
+    #[command(subcommand)]
+    command: Option<ChatCommand>,
     #[command(flatten)]
     config: RawConfig,
     #[command(flatten)]
     chat: ChatArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ChatCommand {
+    /// Apply the service's migrations and the chat's to DIRECT_DATABASE_URL (or DATABASE_URL), then exit.
+    Migrate,
 }
 
 #[derive(Debug, clap::Args)]
@@ -121,7 +131,11 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format, std::io::stderr);
-    match run(config, cli.chat).await {
+    let result = match cli.command {
+        Some(ChatCommand::Migrate) => migrate_all(&config).await,
+        None => run(config, cli.chat).await,
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat: {e}");
@@ -142,6 +156,17 @@ fn model(args: &ChatArgs) -> Result<Model, String> {
         total: Duration::from_secs(args.chat_max_seconds.max(1)),
     };
     Upstream::new(base, key, args.llm_model.clone(), CONNECT_TIMEOUT, limits).map(Model::Remote)
+}
+
+/// The service's schema first (the chat's tables reference `auth.users` and use `auth.uid()`,
+/// which its migrations provide on a bare Postgres), then the chat's.
+async fn migrate_all(config: &Config) -> Result<(), String> {
+    supabase_jwt_service::migrate(config)
+        .await
+        .map_err(|e| e.to_string())?;
+    ChatDb::open(config).await?;
+    tracing::info!("chat migrations applied");
+    Ok(())
 }
 
 async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
