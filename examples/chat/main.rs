@@ -32,8 +32,9 @@ use crate::quota::{Limits, Streams};
 use crate::routes::ChatState;
 use crate::upstream::{ApiKey, Model, Upstream};
 
-/// The chat example: the service's settings plus the model's and the quota's.
-#[derive(Debug, Parser)]
+/// The chat example: the service's settings plus the model's and the quota's. No `Debug`:
+/// it holds the upstream's API key as text.
+#[derive(Parser)]
 #[command(name = "chat", about, long_about = None)]
 struct Cli {
     /// `migrate`: apply the service's and the chat's migrations and exit (fly.toml's
@@ -52,7 +53,7 @@ enum ChatCommand {
     Migrate,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 struct ChatArgs {
     /// OpenAI-compatible API base, e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1 [default: the built-in local model]
     #[arg(long, env = "LLM_BASE_URL", hide_env_values = true)]
