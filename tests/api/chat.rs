@@ -982,3 +982,30 @@ fn the_dockerfile_builds_the_chat_example_when_asked_and_the_context_carries_it(
         "a re-include only works after the exclusion"
     );
 }
+
+#[tokio::test]
+async fn chat_migrate_applies_the_services_schema_and_the_chats_on_an_empty_database() {
+    let db = TestDb::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(example_binary())
+        .arg("migrate")
+        .env_clear()
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .env("SUPABASE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run chat migrate");
+    assert!(status.success(), "chat migrate failed: {status}");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select t from unnest(array['public.users', 'public.conversations', 'public.chat_messages', \
+         'chat_private.request_windows', 'chat_private.token_days']) as t \
+         where to_regclass(t) is not null",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables.len(), 5, "tables present: {tables:?}");
+}
