@@ -1009,3 +1009,55 @@ async fn chat_migrate_applies_the_services_schema_and_the_chats_on_an_empty_data
     .unwrap();
     assert_eq!(tables.len(), 5, "tables present: {tables:?}");
 }
+
+#[tokio::test]
+async fn the_chat_works_through_a_transaction_mode_pooler_with_the_same_quota() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let pooler = format!(
+        "{}?pgbouncer=true",
+        crate::helpers::with_database(&crate::helpers::pgbouncer_url(), &db.name)
+    );
+    // Migrations go to the direct URL; every request goes through PgBouncer.
+    let app = ChatApp::spawn(
+        &pooler,
+        &[("DIRECT_DATABASE_URL", &db.url), RACE_ENV[0], RACE_ENV[1]],
+    );
+    away_from_a_minute_boundary().await;
+    let token = token_for(user);
+
+    let events = Events::new(
+        app.chat(&token, &json!({"message": "through the pooler"}))
+            .await,
+    )
+    .rest()
+    .await;
+    assert_eq!(events.last().unwrap().name, "done", "{events:?}");
+    let conversation: Uuid =
+        serde_json::from_value(events[0].data["conversation_id"].clone()).unwrap();
+    let response = app
+        .chat(
+            &token,
+            &json!({"conversation_id": conversation, "message": "again"}),
+        )
+        .await;
+    assert_eq!(
+        Events::new(response).rest().await.last().unwrap().name,
+        "done"
+    );
+    let list: Value = app
+        .get(&token, "/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(stored(&db, conversation).await.len(), 4);
+
+    let statuses = race(&[&app], &token, 20).await;
+    assert_eq!(
+        (count(&statuses, 200), count(&statuses, 429)),
+        (3, 17),
+        "2 of 5 spent above: {statuses:?}"
+    );
+}
