@@ -6,10 +6,14 @@
 #
 #   docker build -t supabase-jwt-service .
 #   docker run --rm -p 8080:8080 --env-file .env supabase-jwt-service
+#
+# `--build-arg APP=chat` builds the AI chat example (examples/chat, docs/chat.md) instead;
+# it installs under the same name, so the entrypoint and fly.toml's `migrate` work unchanged.
 
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
+ARG APP=supabase-jwt-service
 WORKDIR /src
 
 # Cargo reads every target the manifest declares (the API tests, the benches) before it does
@@ -23,10 +27,16 @@ COPY migrations ./migrations
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
+COPY examples/chat ./examples/chat
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin supabase-jwt-service \
-    && install -D target/release/supabase-jwt-service /out/supabase-jwt-service \
+    if [ "$APP" = chat ]; then \
+      cargo build --release --locked --example chat \
+      && install -D target/release/examples/chat /out/supabase-jwt-service; \
+    else \
+      cargo build --release --locked --bin supabase-jwt-service \
+      && install -D target/release/supabase-jwt-service /out/supabase-jwt-service; \
+    fi \
     && mkdir -p /out/data
 
 # glibc and libgcc for the binary, CA certificates for the key-set fetch, a `nonroot` user

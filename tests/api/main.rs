@@ -2,9 +2,11 @@
 #![allow(clippy::unwrap_used)]
 
 mod bans;
+mod chat;
 mod cli;
 mod deploy_files;
 mod errors;
+mod fake_llm;
 mod fixtures;
 mod grants;
 mod happy;
