@@ -1,6 +1,7 @@
 //! One integration-test binary: the crate links once (this matters on 2-core CI).
 #![allow(clippy::unwrap_used)]
 
+mod cache_headers;
 mod cli;
 mod deploy_files;
 mod errors;
@@ -10,10 +11,13 @@ mod helpers;
 mod hostile;
 mod image_env;
 mod jwks;
+mod network_defaults;
 mod outage;
 mod pooler;
 mod prometheus_metrics;
 mod property;
+mod readiness;
+mod redaction;
 mod request_logs;
 mod rls;
 mod shutdown;
