@@ -324,10 +324,11 @@ impl fmt::Debug for RawConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Unvalidated text: mask what parses, and show nothing of what does not.
         let url = |raw: &Option<String>| {
-            raw.as_deref().map(|s| match DatabaseUrl::parse("DATABASE_URL", s) {
-                Ok(url) => url.masked(),
-                Err(_) => "[unparseable url]".to_owned(),
-            })
+            raw.as_deref()
+                .map(|s| match DatabaseUrl::parse("DATABASE_URL", s) {
+                    Ok(url) => url.masked(),
+                    Err(_) => "[unparseable url]".to_owned(),
+                })
         };
         f.debug_struct("RawConfig")
             .field("host", &self.host)
@@ -790,7 +791,10 @@ mod tests {
         ] {
             let url = DatabaseUrl::parse("DATABASE_URL", raw).unwrap();
             let masked = url.masked();
-            assert!(!masked.contains("hunter2") && !masked.contains("hun%40ter2"), "{masked}");
+            assert!(
+                !masked.contains("hunter2") && !masked.contains("hun%40ter2"),
+                "{masked}"
+            );
             assert!(masked.contains("***"), "{masked}");
             assert!(!format!("{url:?}").contains("hunter2"), "{url:?}");
         }
@@ -800,7 +804,10 @@ mod tests {
         )
         .unwrap();
         assert!(url.masked().contains("sslmode=require"), "{}", url.masked());
-        assert_eq!(url.expose(), "postgresql://app@db/x?sslmode=require&password=hunter2");
+        assert_eq!(
+            url.expose(),
+            "postgresql://app@db/x?sslmode=require&password=hunter2"
+        );
     }
 
     #[test]
@@ -841,7 +848,10 @@ mod tests {
     fn local_stack_keys_only_on_a_loopback_listener() {
         type Mutation = fn(&mut RawConfig);
         let refused: Vec<(Mutation, &str)> = vec![
-            (|r| r.host = Some("0.0.0.0".into()), "HOST=0.0.0.0, DATABASE_URL unset"),
+            (
+                |r| r.host = Some("0.0.0.0".into()),
+                "HOST=0.0.0.0, DATABASE_URL unset",
+            ),
             (|r| r.host = Some("::".into()), "HOST=::"),
             (|r| r.host = Some("192.0.2.10".into()), "HOST=192.0.2.10"),
             (
@@ -903,7 +913,11 @@ mod tests {
             supabase_url: Some("https://abcd.supabase.co".into()),
             ..RawConfig::default()
         };
-        assert!(!Config::from_raw(&raw, false).unwrap().using_local_stack_defaults);
+        assert!(
+            !Config::from_raw(&raw, false)
+                .unwrap()
+                .using_local_stack_defaults
+        );
         raw.insecure_local_defaults_on_network = Some("perhaps".into());
         assert_eq!(
             Config::from_raw(&raw, false).unwrap_err().var,
