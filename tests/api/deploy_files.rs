@@ -371,13 +371,19 @@ fn the_image_ships_the_binary_stripped_and_keeps_its_line_tables_behind() {
         let strips = match words.first().copied() {
             Some("strip") => true,
             Some("objcopy") => words.iter().any(|w| {
-                matches!(*w, "--strip-all" | "--strip-debug" | "--strip-unneeded" | "-S" | "-g")
+                matches!(
+                    *w,
+                    "--strip-all" | "--strip-debug" | "--strip-unneeded" | "-S" | "-g"
+                )
             }),
             _ => false,
         };
         strips && words.last() == Some(&BUILT)
     });
-    assert!(stripped, "{BUILT} is not stripped after install: {steps:#?}");
+    assert!(
+        stripped,
+        "{BUILT} is not stripped after install: {steps:#?}"
+    );
 
     // The runtime stage copies that stripped file, not target/release nor the debug file.
     let stage = final_stage(&all);

@@ -62,7 +62,8 @@ fn attempt(mut cmd: Command) -> Attempt {
 fn a_network_listener_without_keys_exits_2_naming_both_settings_and_never_listens() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = format!("sqlite://{}/app.db", dir.path().display());
-    let cases: Vec<(&str, Vec<(&str, &str)>, &[&str])> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
         // `docker run supabase-jwt-service` with no environment: the image sets HOST=0.0.0.0.
         ("the image's defaults", vec![("HOST", "0.0.0.0")], &[]),
         ("IPv6 any", vec![("HOST", "::")], &[]),
