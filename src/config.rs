@@ -55,6 +55,12 @@ impl Secret {
 
     /// Whether this is the Supabase CLI local stack's published secret, which anyone can
     /// sign tokens with. Compared in constant time like any other secret.
+    ///
+    /// ```
+    /// use supabase_jwt_service::config::{LOCAL_STACK_JWT_SECRET, Secret};
+    /// assert!(Secret::new(LOCAL_STACK_JWT_SECRET).is_published_local_secret());
+    /// assert!(!Secret::new("the-project-secret-from-the-dashboard-0123").is_published_local_secret());
+    /// ```
     pub fn is_published_local_secret(&self) -> bool {
         aws_lc_rs::constant_time::verify_slices_are_equal(
             self.0.as_bytes(),
@@ -818,6 +824,8 @@ mod tests {
             "postgres://app@db/x?PASSWORD=hunter2",
             "postgres://app@db/x?sslmode=verify-full&SslPassword=hunter2",
             "postgres://app@db/x?sslpass%77ord=hunter2",
+            // libpq's key=value form: not accepted at all, and not echoed either.
+            "host=db user=app password=hunter2 dbname=x",
         ] {
             let err = DatabaseUrl::parse("DATABASE_URL", raw).unwrap_err();
             assert_eq!(err.var, "DATABASE_URL");

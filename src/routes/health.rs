@@ -60,6 +60,16 @@ pub async fn readyz(
 
 /// The store's last readiness probe, shared by `/readyz` requests: at most one probe runs at a
 /// time, and requests that arrive meanwhile take its result.
+///
+/// ```
+/// use supabase_jwt_service::UserStore;
+/// use supabase_jwt_service::routes::health::Readiness;
+///
+/// // One per router, shared by every readiness request it serves.
+/// async fn ready(readiness: &Readiness, store: &dyn UserStore) -> bool {
+///     readiness.store_answers(store).await
+/// }
+/// ```
 #[derive(Debug, Default)]
 pub struct Readiness {
     last: Mutex<Option<Probe>>,
