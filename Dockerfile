@@ -20,6 +20,9 @@ WORKDIR /src
 # anything, so their sources come along; only the binary is built. README.md is the library's
 # documentation (include_str!). The registry and the compiled dependencies live in cache
 # mounts that outlive the layer, so a source change recompiles only this crate.
+# The release profile keeps line tables (for backtraces while developing); they are most of
+# the binary's size, so they stay in this stage as /out/supabase-jwt-service.debug and the
+# image gets the binary without them (objcopy --strip-all; the debug link lets gdb find them).
 COPY Cargo.toml Cargo.lock README.md build.rs ./
 # The library's guide module includes it, as it includes the README.
 COPY docs/library.md ./docs/library.md
@@ -37,6 +40,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
       cargo build --release --locked --bin supabase-jwt-service \
       && install -D target/release/supabase-jwt-service /out/supabase-jwt-service; \
     fi \
+    && objcopy --only-keep-debug /out/supabase-jwt-service /out/supabase-jwt-service.debug \
+    && objcopy --strip-all --add-gnu-debuglink=/out/supabase-jwt-service.debug /out/supabase-jwt-service \
     && mkdir -p /out/data
 
 # glibc and libgcc for the binary, CA certificates for the key-set fetch, a `nonroot` user

@@ -100,13 +100,20 @@ pub struct PoolSettings {
     pub cancel_abandoned: bool,
 }
 
-/// A lazily connecting pool of [`PgConnection`]s; cheap to clone.
-#[derive(Debug, Clone)]
+/// A lazily connecting pool of [`PgConnection`]s; cheap to clone. Its `Debug` names the
+/// server and user, never the password.
+#[derive(Clone)]
 pub struct ConnPool {
     shared: Arc<Shared>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ConnPool").field(&self.shared).finish()
+    }
+}
+
+// By hand: `PgConnectOptions`' derived `Debug` prints the password.
 struct Shared {
     options: PgConnectOptions,
     settings: PoolSettings,
@@ -131,6 +138,18 @@ struct Conn {
     pid: Option<i32>,
     /// The tag of the SQL-level prepared statement the store's reads may `EXECUTE` here.
     prepared_read: Option<u64>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("host", &self.options.get_host())
+            .field("port", &self.options.get_port())
+            .field("database", &self.options.get_database())
+            .field("username", &self.options.get_username())
+            .field("password", &"[redacted]")
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -457,12 +476,20 @@ impl Shared {
 /// Call [`release`](Self::release) once the work finished without error. Dropping the lease
 /// instead drains the connection before reuse (cancelling a statement still running), or
 /// closes it after [`enter_transaction`](Self::enter_transaction).
-#[derive(Debug)]
 pub struct Lease {
     conn: Option<Conn>,
     permit: Option<OwnedSemaphorePermit>,
     shared: Arc<Shared>,
     in_transaction: bool,
+}
+
+// By hand, like `Shared`'s: nothing of the connect options but where they point.
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("pool", &self.shared)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Lease {

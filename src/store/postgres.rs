@@ -238,8 +238,9 @@ pub(crate) fn quote_literal(text: &str) -> String {
     quoted
 }
 
-/// Profiles in Postgres (Supabase, or any Postgres 14+ migrated by `migrate`).
-#[derive(Debug, Clone)]
+/// Profiles in Postgres (Supabase, or any Postgres 14+ migrated by `migrate`). Its `Debug`
+/// never shows the password.
+#[derive(Clone)]
 pub struct PgStore {
     pool: ConnPool,
     rls: bool,
@@ -248,6 +249,17 @@ pub struct PgStore {
     pooler_detected: Arc<AtomicBool>,
     session_check: bool,
     timeout: Duration,
+}
+
+// By hand, so that no field added later can print connect options through a derive.
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool)
+            .field("rls", &self.rls)
+            .field("session_check", &self.session_check)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgStore {
@@ -500,9 +512,17 @@ impl PgStore {
 /// End it with [`commit`](Self::commit) or [`rollback`](Self::rollback). Dropped while open
 /// (an error, a timeout, a caller that gave up), its connection is closed, which ends the
 /// transaction on the server, and the pool opens a fresh one.
-#[derive(Debug)]
 pub struct UserTransaction {
     lease: Lease,
+}
+
+// By hand, like `PgStore`'s: the lease shows where it points, never a credential.
+impl std::fmt::Debug for UserTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserTransaction")
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UserTransaction {
