@@ -360,7 +360,21 @@ fn the_image_ships_the_binary_stripped_and_keeps_its_line_tables_behind() {
         .iter()
         .find(|i| i.keyword == "RUN" && i.args.contains("cargo build --release"))
         .expect("a RUN that builds the release binary");
-    let steps: Vec<&str> = build_step.args.split("&&").map(str::trim).collect();
+    // Shell steps: split at `&&` and `;`, with the `if`/`else` words around them dropped, so
+    // a build that picks its target by `APP` is read step by step too.
+    let steps: Vec<&str> = build_step
+        .args
+        .split("&&")
+        .flat_map(|s| s.split(';'))
+        .map(|s| {
+            let s = s.trim();
+            ["then ", "else "]
+                .iter()
+                .find_map(|kw| s.strip_prefix(kw))
+                .unwrap_or(s)
+                .trim()
+        })
+        .collect();
     let installed = steps
         .iter()
         .position(|s| s.starts_with("install") && s.ends_with(BUILT))
