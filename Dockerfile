@@ -6,16 +6,23 @@
 #
 #   docker build -t supabase-jwt-service .
 #   docker run --rm -p 8080:8080 --env-file .env supabase-jwt-service
+#
+# `--build-arg APP=chat` builds the AI chat example (examples/chat, docs/chat.md) instead;
+# it installs under the same name, so the entrypoint and fly.toml's `migrate` work unchanged.
 
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
+ARG APP=supabase-jwt-service
 WORKDIR /src
 
 # Cargo reads every target the manifest declares (the API tests, the benches) before it does
 # anything, so their sources come along; only the binary is built. README.md is the library's
 # documentation (include_str!). The registry and the compiled dependencies live in cache
 # mounts that outlive the layer, so a source change recompiles only this crate.
+# The release profile keeps line tables (for backtraces while developing); they are most of
+# the binary's size, so they stay in this stage as /out/supabase-jwt-service.debug and the
+# image gets the binary without them (objcopy --strip-all; the debug link lets gdb find them).
 COPY Cargo.toml Cargo.lock README.md build.rs ./
 # The library's guide module includes it, as it includes the README.
 COPY docs/library.md ./docs/library.md
@@ -23,10 +30,18 @@ COPY migrations ./migrations
 COPY src ./src
 COPY benches ./benches
 COPY tests ./tests
+COPY examples/chat ./examples/chat
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --bin supabase-jwt-service \
-    && install -D target/release/supabase-jwt-service /out/supabase-jwt-service \
+    if [ "$APP" = chat ]; then \
+      cargo build --release --locked --example chat \
+      && install -D target/release/examples/chat /out/supabase-jwt-service; \
+    else \
+      cargo build --release --locked --bin supabase-jwt-service \
+      && install -D target/release/supabase-jwt-service /out/supabase-jwt-service; \
+    fi \
+    && objcopy --only-keep-debug /out/supabase-jwt-service /out/supabase-jwt-service.debug \
+    && objcopy --strip-all --add-gnu-debuglink=/out/supabase-jwt-service.debug /out/supabase-jwt-service \
     && mkdir -p /out/data
 
 # glibc and libgcc for the binary, CA certificates for the key-set fetch, a `nonroot` user

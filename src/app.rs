@@ -29,7 +29,12 @@ use crate::state::AppState;
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let dir = tempfile::tempdir()?;
 /// # let db = format!("sqlite://{}/dev.db", dir.path().display());
-/// let config = Config::builder().database_url(&db).metrics_addr(None).build()?;
+/// // Loopback: the local stack's published secret is refused on any other address.
+/// let config = Config::builder()
+///     .database_url(&db)
+///     .listen(([127, 0, 0, 1], 0).into())
+///     .metrics_addr(None)
+///     .build()?;
 /// let state = build_state(config).await?;
 /// let mine: Router<AppState> = Router::new().route("/hello", get(hello));
 /// let app = App::new(state).with_profile_routes().merge(mine);

@@ -20,6 +20,9 @@ pub const LOCAL_STACK_JWT_SECRET: &str = "super-secret-jwt-token-with-at-least-3
 pub const LOCAL_STACK_URL: &str = "http://127.0.0.1:54321";
 /// Where the embedded store lives when `DATABASE_URL` is unset.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://./data/dev.db";
+/// The opt-in that lets the local stack's published keys serve on a non-loopback listener,
+/// for a throwaway container on one's own machine. Its name says what it costs.
+pub const LOCAL_DEFAULTS_ON_NETWORK_VAR: &str = "INSECURE_LOCAL_DEFAULTS_ON_NETWORK";
 
 /// A configuration problem: which variable, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +57,22 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether this is the Supabase CLI local stack's published secret, which anyone can
+    /// sign tokens with. Compared in constant time like any other secret.
+    ///
+    /// ```
+    /// use supabase_jwt_service::config::{LOCAL_STACK_JWT_SECRET, Secret};
+    /// assert!(Secret::new(LOCAL_STACK_JWT_SECRET).is_published_local_secret());
+    /// assert!(!Secret::new("the-project-secret-from-the-dashboard-0123").is_published_local_secret());
+    /// ```
+    pub fn is_published_local_secret(&self) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(
+            self.0.as_bytes(),
+            LOCAL_STACK_JWT_SECRET.as_bytes(),
+        )
+        .is_ok()
+    }
 }
 
 impl fmt::Debug for Secret {
@@ -77,7 +96,21 @@ impl DatabaseUrl {
     pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
         let lower = raw.to_ascii_lowercase();
         if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            Url::parse(raw).map_err(|e| ConfigError::new(var, format!("not a valid URL ({e})")))?;
+            let url = Url::parse(raw)
+                .map_err(|e| ConfigError::new(var, format!("not a valid URL ({e})")))?;
+            // sqlx logs every query parameter it does not know, value included: a credential
+            // it would not use must stop the start instead of reaching the logs.
+            for (key, _) in url.query_pairs() {
+                if is_credential_key(&key) && key != "password" {
+                    return Err(ConfigError::new(
+                        var,
+                        format!(
+                            "the `{}` parameter is not supported (only `password`, or a password in the userinfo); its value is not shown",
+                            key.escape_default()
+                        ),
+                    ));
+                }
+            }
         } else if !lower.starts_with("sqlite:") {
             return Err(ConfigError::new(
                 var,
@@ -99,17 +132,31 @@ impl DatabaseUrl {
         self.expose().to_ascii_lowercase().starts_with("postgres")
     }
 
-    /// The URL with its password replaced by `***`, safe for logs.
+    /// The URL with every credential replaced by `***`, safe for logs: the userinfo password
+    /// and each query parameter naming a password (`password`, `sslpassword`, in any case or
+    /// percent-encoding).
     pub fn masked(&self) -> String {
-        match Url::parse(self.expose()) {
-            Ok(mut url) if url.password().is_some() => {
-                // set_password only fails for URLs that cannot carry one, which ours can.
-                let _ = url.set_password(Some("***"));
-                url.to_string()
-            }
-            Ok(url) => url.to_string(),
-            Err(_) => "[unparseable url]".to_owned(),
+        let Ok(mut url) = Url::parse(self.expose()) else {
+            return "[unparseable url]".to_owned();
+        };
+        if url.password().is_some() && url.set_password(Some("***")).is_err() {
+            return "[unparseable url]".to_owned();
         }
+        if url.query_pairs().any(|(k, _)| is_credential_key(&k)) {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if is_credential_key(&k) {
+                        "***".to_owned()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        url.to_string()
     }
 
     /// True when the URL points at a transaction-mode pooler: Supabase's port 6543, or
@@ -123,6 +170,12 @@ impl DatabaseUrl {
                 .query_pairs()
                 .any(|(k, v)| k == "pgbouncer" && v.eq_ignore_ascii_case("true"))
     }
+}
+
+/// A query parameter that carries a password in libpq or sqlx (`password`, `sslpassword`),
+/// matched loosely (any case, any prefix) so that a misspelt one is masked too.
+fn is_credential_key(key: &str) -> bool {
+    key.to_ascii_lowercase().contains("password")
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -179,7 +232,8 @@ impl fmt::Display for PreparedStatements {
 /// feature, by [`RawConfig::from_env`]). Every field is an optional string so that all typed
 /// parsing, and its one-line errors, happen in [`Config::from_raw`]. Each field's variable is
 /// its name in capitals (clap's bare `env`); the one list of the names is in `config/env.rs`.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` shows the database URLs masked and the secret redacted.
+#[derive(Clone, Default)]
 #[cfg_attr(feature = "cli", derive(Args))]
 pub struct RawConfig {
     /// Address to listen on [default: 0.0.0.0, or 127.0.0.1 on the embedded store]
@@ -257,6 +311,34 @@ pub struct RawConfig {
     /// Most HTTP connections served at once; past it new ones wait to be accepted [default: 4096]
     #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub http_max_connections: Option<String>,
+    /// Let the Supabase CLI's published local secret serve on a non-loopback HOST, for a
+    /// throwaway local container only: on|off [default: off]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
+    pub insecure_local_defaults_on_network: Option<String>,
+}
+
+impl fmt::Debug for RawConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Unvalidated text: mask what parses, and show nothing of what does not.
+        let url = |raw: &Option<String>| {
+            raw.as_deref()
+                .map(|s| match DatabaseUrl::parse("DATABASE_URL", s) {
+                    Ok(url) => url.masked(),
+                    Err(_) => "[unparseable url]".to_owned(),
+                })
+        };
+        f.debug_struct("RawConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database_url", &url(&self.database_url))
+            .field("direct_database_url", &url(&self.direct_database_url))
+            .field(
+                "supabase_jwt_secret",
+                &self.supabase_jwt_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("supabase_url", &self.supabase_url)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Typed, validated configuration. All fields are public so tests and embedding binaries can
@@ -399,12 +481,30 @@ impl Config {
             Some(s) => Some(parse_supabase_url(s)?),
             None => None,
         };
+        let local_defaults_on_network = parse_switch(
+            LOCAL_DEFAULTS_ON_NETWORK_VAR,
+            non_empty(&raw.insecure_local_defaults_on_network),
+            false,
+        )?;
         let mut using_local_stack_defaults = false;
         if jwt_secret.is_none() && supabase_url.is_none() {
             if database_url.is_postgres() {
                 return Err(ConfigError::new(
                     "SUPABASE_JWT_SECRET",
                     "with a Postgres DATABASE_URL set SUPABASE_JWT_SECRET or SUPABASE_URL (or both)",
+                ));
+            }
+            // The local stack's secret is published: on any interface but loopback it would
+            // let anyone who can reach the port mint a token for any user.
+            let on_network = !host.to_canonical().is_loopback();
+            if on_network && !local_defaults_on_network {
+                return Err(ConfigError::new(
+                    "SUPABASE_JWT_SECRET",
+                    format!(
+                        "neither SUPABASE_JWT_SECRET nor SUPABASE_URL is set and HOST={host} is not loopback: set one of them, \
+                         or HOST=127.0.0.1 to try the service locally (the Supabase CLI's published secret is used only on loopback; \
+                         {LOCAL_DEFAULTS_ON_NETWORK_VAR}=on overrides this for a throwaway local container)"
+                    ),
                 ));
             }
             jwt_secret = Some(Secret::new(LOCAL_STACK_JWT_SECRET));
@@ -761,6 +861,165 @@ mod tests {
         assert!(url.masked().contains("***"));
     }
 
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn database_url_masks_every_password_form() {
+        for raw in [
+            "postgres://app:hunter2@db:5432/x",
+            "postgres://app:hun%40ter2@db:5432/x",
+            "postgres://app@db:5432/x?password=hunter2",
+            "postgresql://app@db/x?sslmode=require&password=hunter2&application_name=a",
+            "postgres://app@db/x?pass%77ord=hunter2",
+            "postgres://app:hunter2@db/x?password=hunter2",
+        ] {
+            let url = DatabaseUrl::parse("DATABASE_URL", raw).unwrap();
+            let masked = url.masked();
+            assert!(
+                !masked.contains("hunter2") && !masked.contains("hun%40ter2"),
+                "{masked}"
+            );
+            assert!(masked.contains("***"), "{masked}");
+            assert!(!format!("{url:?}").contains("hunter2"), "{url:?}");
+        }
+        let url = DatabaseUrl::parse(
+            "DATABASE_URL",
+            "postgresql://app@db/x?sslmode=require&password=hunter2",
+        )
+        .unwrap();
+        assert!(url.masked().contains("sslmode=require"), "{}", url.masked());
+        assert_eq!(
+            url.expose(),
+            "postgresql://app@db/x?sslmode=require&password=hunter2"
+        );
+    }
+
+    #[test]
+    fn credential_parameters_sqlx_would_log_are_refused_without_their_value() {
+        // sqlx uses only `password`; any other spelling it would log, value and all.
+        for raw in [
+            "postgres://app@db/x?sslpassword=hunter2",
+            "postgres://app@db/x?PASSWORD=hunter2",
+            "postgres://app@db/x?sslmode=verify-full&SslPassword=hunter2",
+            "postgres://app@db/x?sslpass%77ord=hunter2",
+            // libpq's key=value form: not accepted at all, and not echoed either.
+            "host=db user=app password=hunter2 dbname=x",
+        ] {
+            let err = DatabaseUrl::parse("DATABASE_URL", raw).unwrap_err();
+            assert_eq!(err.var, "DATABASE_URL");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+            assert!(!err.to_string().contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn debug_of_raw_and_parsed_config_shows_no_credential() {
+        let mut raw = raw_pg();
+        raw.database_url = Some("postgres://app:hunter2@db/x?password=hunter3".into());
+        raw.direct_database_url = Some("postgres://app@db/x?sslpassword=hunter4".into());
+        raw.supabase_jwt_secret = Some("jwt-secret-value-0123456789-abcdefghij".into());
+        let shown = format!("{raw:?}");
+        for secret in ["hunter2", "hunter3", "hunter4", "jwt-secret-value"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        raw.direct_database_url = None;
+        let config = Config::from_raw(&raw, false).unwrap();
+        let shown = format!("{config:?}");
+        for secret in ["hunter2", "hunter3", "jwt-secret-value"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    // Dev mode is the embedded store's.
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn local_stack_keys_only_on_a_loopback_listener() {
+        type Mutation = fn(&mut RawConfig);
+        let refused: Vec<(Mutation, &str)> = vec![
+            (
+                |r| r.host = Some("0.0.0.0".into()),
+                "HOST=0.0.0.0, DATABASE_URL unset",
+            ),
+            (|r| r.host = Some("::".into()), "HOST=::"),
+            (|r| r.host = Some("192.0.2.10".into()), "HOST=192.0.2.10"),
+            (
+                |r| r.database_url = Some("sqlite://./data/app.db".into()),
+                "explicit sqlite URL, HOST defaulting to 0.0.0.0",
+            ),
+            (
+                |r| {
+                    r.database_url = Some("postgres://u:p@db/x".into());
+                    r.host = Some("0.0.0.0".into());
+                },
+                "postgres",
+            ),
+            (
+                |r| {
+                    r.database_url = Some("postgres://u:p@db/x".into());
+                    r.insecure_local_defaults_on_network = Some("on".into());
+                },
+                "postgres with the opt-in: still needs a key",
+            ),
+        ];
+        for (mutate, case) in refused {
+            let mut raw = RawConfig::default();
+            mutate(&mut raw);
+            let err = Config::from_raw(&raw, false).unwrap_err();
+            assert_eq!(err.var, "SUPABASE_JWT_SECRET", "{case}");
+            let line = err.to_string();
+            assert!(
+                line.contains("SUPABASE_JWT_SECRET") && line.contains("SUPABASE_URL"),
+                "{case}: {line}"
+            );
+            assert!(!line.contains('\n'), "{case}: {line}");
+        }
+
+        let allowed: Vec<Mutation> = vec![
+            |_| {},
+            |r| r.host = Some("127.0.0.1".into()),
+            |r| r.host = Some("::1".into()),
+            |r| r.host = Some("::ffff:127.0.0.1".into()),
+            |r| {
+                r.database_url = Some("sqlite://./data/app.db".into());
+                r.host = Some("127.0.0.1".into());
+            },
+            |r| {
+                r.host = Some("0.0.0.0".into());
+                r.insecure_local_defaults_on_network = Some("on".into());
+            },
+        ];
+        for mutate in allowed {
+            let mut raw = RawConfig::default();
+            mutate(&mut raw);
+            let c = Config::from_raw(&raw, false).unwrap();
+            assert!(c.using_local_stack_defaults, "{raw:?}");
+        }
+
+        // A key given: the listener is the operator's choice.
+        let mut raw = RawConfig {
+            host: Some("0.0.0.0".into()),
+            supabase_url: Some("https://abcd.supabase.co".into()),
+            ..RawConfig::default()
+        };
+        assert!(
+            !Config::from_raw(&raw, false)
+                .unwrap()
+                .using_local_stack_defaults
+        );
+        raw.insecure_local_defaults_on_network = Some("perhaps".into());
+        assert_eq!(
+            Config::from_raw(&raw, false).unwrap_err().var,
+            LOCAL_DEFAULTS_ON_NETWORK_VAR
+        );
+    }
+
+    #[test]
+    fn published_local_secret_is_recognised() {
+        assert!(Secret::new(LOCAL_STACK_JWT_SECRET).is_published_local_secret());
+        assert!(!Secret::new("x".repeat(40)).is_published_local_secret());
+        assert!(!Secret::new(&LOCAL_STACK_JWT_SECRET[1..]).is_published_local_secret());
+    }
+
+    // Dev mode is the embedded store's.
     #[cfg(feature = "sqlite")]
     #[test]
     fn unset_database_url_is_dev_mode_on_loopback_with_local_stack_keys() {

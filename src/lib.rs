@@ -311,9 +311,27 @@ pub fn log_startup(config: &Config, addr: std::net::SocketAddr) {
         hs256 = config.jwt_secret.is_some(),
         "listening"
     );
+    let on_network = !addr.ip().to_canonical().is_loopback();
     if config.using_local_stack_defaults {
         tracing::warn!(
             "no SUPABASE_JWT_SECRET or SUPABASE_URL set: using the Supabase CLI local stack's defaults (its published secret and http://127.0.0.1:54321); never do this in production"
+        );
+        if on_network {
+            tracing::warn!(
+                %addr,
+                "INSECURE: {}=on serves the Supabase CLI's PUBLISHED secret on a non-loopback address: anyone who can reach {addr} can mint a token for any user; use this only in a throwaway local container",
+                config::LOCAL_DEFAULTS_ON_NETWORK_VAR
+            );
+        }
+    } else if config
+        .jwt_secret
+        .as_ref()
+        .is_some_and(config::Secret::is_published_local_secret)
+        && (on_network || config.database_url.is_postgres())
+    {
+        tracing::warn!(
+            %addr,
+            "INSECURE: SUPABASE_JWT_SECRET is the Supabase CLI's PUBLISHED local secret, which anyone can sign tokens with; set the project's own JWT secret from the dashboard"
         );
     }
     if !config.database_url.is_postgres() {

@@ -51,6 +51,7 @@ pub(crate) fn finish(routes: Router<AppState>, state: AppState) -> Router {
             header::AUTHORIZATION,
             header::COOKIE,
         ]))
+        .layer(middleware::from_fn(no_store_when_authorized))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(
             TraceLayer::new_for_http()
@@ -89,6 +90,30 @@ pub(crate) fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(middleware)
         .with_state(state)
+}
+
+/// An answer to a request that carried `Authorization` is that caller's alone, whatever its
+/// status: `Cache-Control: no-store` and `Vary: Authorization` keep a CDN or browser cache from
+/// handing it to anyone else. It sits outside every layer that answers on its own (timeout,
+/// panic, CORS), so their answers carry the headers too.
+async fn no_store_when_authorized(req: Request, next: Next) -> Response {
+    let authorized = req.headers().contains_key(header::AUTHORIZATION);
+    let mut response = next.run(req).await;
+    if authorized {
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let varies = headers.get_all(header::VARY).iter().any(|value| {
+            value.to_str().is_ok_and(|list| {
+                list.split(',').map(str::trim).any(|name| {
+                    name == "*" || name.eq_ignore_ascii_case(header::AUTHORIZATION.as_str())
+                })
+            })
+        });
+        if !varies {
+            headers.append(header::VARY, HeaderValue::from_static("Authorization"));
+        }
+    }
+    response
 }
 
 /// The request span: method, matched route and request id; never the URI's query, never headers.

@@ -24,7 +24,8 @@ impl ShutdownFlag {
     }
 }
 
-/// Everything a request may need. Cheap to clone.
+/// Everything a request may need. Cheap to clone. Its `Debug` shows the configuration (URLs
+/// masked, secret redacted) and the verifier, never a credential.
 #[derive(Clone, FromRef)]
 pub struct AppState {
     /// Validated configuration.
@@ -35,4 +36,14 @@ pub struct AppState {
     pub store: Arc<dyn UserStore>,
     /// Shutdown signal for readiness.
     pub shutdown: ShutdownFlag,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("config", &self.config)
+            .field("verifier", &self.verifier)
+            .field("store", &self.store.kind())
+            .finish_non_exhaustive()
+    }
 }

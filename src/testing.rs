@@ -20,6 +20,7 @@
 //! let dir = tempfile::tempdir()?;
 //! let config = Config::builder()
 //!     .database_url(&format!("sqlite://{}/t.db", dir.path().display()))
+//!     .listen(([127, 0, 0, 1], 0).into()) // the local stack's secret serves loopback only
 //!     .metrics_addr(None)
 //!     .build()?;
 //! let token = hs256_token(&config, uuid::Uuid::new_v4())?;

@@ -2,7 +2,7 @@
 //! the binary's clap definitions derive the same names from the field names (a test checks
 //! that the two agree).
 
-use super::{ConfigError, RawConfig};
+use super::{ConfigError, LOCAL_DEFAULTS_ON_NETWORK_VAR, RawConfig};
 
 /// A setting's field in [`RawConfig`].
 type Field = fn(&mut RawConfig) -> &mut Option<String>;
@@ -40,6 +40,9 @@ const VARS: &[(&str, Field)] = &[
         &mut r.header_read_timeout_seconds
     }),
     ("HTTP_MAX_CONNECTIONS", |r| &mut r.http_max_connections),
+    (LOCAL_DEFAULTS_ON_NETWORK_VAR, |r| {
+        &mut r.insecure_local_defaults_on_network
+    }),
 ];
 
 impl RawConfig {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{AssertSqlSafe, ConnectOptions, Row};
@@ -170,6 +170,40 @@ fn names_not_kept(error: &sqlx::Error) -> bool {
     }
 }
 
+/// Server-side bounds for what follows in the same message or transaction: `statement_timeout`
+/// and `lock_timeout` of `limit`, set transaction-locally (`SET LOCAL`). That is what holds
+/// behind a transaction-mode pooler, which ignores startup options and hands the session to
+/// others while a message or a transaction runs whole on one backend; and it leaves nothing on
+/// a server connection that a pooler we did not detect could lend to another client.
+///
+/// Both, because a backend waiting on a lock or running a slow statement does not notice its
+/// client leaving: without a bound on the server, every request given up at
+/// `DB_TIMEOUT_SECONDS` would leave work running there.
+fn server_limits_sql(limit: Duration) -> String {
+    let ms = limit.as_millis().clamp(1, i32::MAX as u128);
+    format!("set local statement_timeout = {ms}; set local lock_timeout = {ms}; ")
+}
+
+/// The server-side bound for work that has `left` of the caller's budget: a tenth less, so
+/// that the server gives up first and answers with an error, which leaves the connection
+/// clean and reusable, rather than the caller dropping a connection still at work.
+fn server_limit(left: Duration) -> Duration {
+    left.mul_f64(0.9)
+}
+
+/// Whether `e` says the connection or its server is gone (I/O, a closed socket, an
+/// administrator or crash shutdown, a server still starting, SQLSTATE class 08), as opposed to
+/// an answer about the statement. On a restarted server every idle connection fails this way.
+fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "57P05")
+        }),
+        _ => false,
+    }
+}
+
 /// Quotes `name` as a PostgreSQL identifier: inside double quotes, with every double quote
 /// doubled, so the identifier ends exactly where we end it and keeps its case.
 fn quote_ident(name: &str) -> String {
@@ -204,8 +238,9 @@ pub(crate) fn quote_literal(text: &str) -> String {
     quoted
 }
 
-/// Profiles in Postgres (Supabase, or any Postgres 14+ migrated by `migrate`).
-#[derive(Debug, Clone)]
+/// Profiles in Postgres (Supabase, or any Postgres 14+ migrated by `migrate`). Its `Debug`
+/// never shows the password.
+#[derive(Clone)]
 pub struct PgStore {
     pool: ConnPool,
     rls: bool,
@@ -214,6 +249,17 @@ pub struct PgStore {
     pooler_detected: Arc<AtomicBool>,
     session_check: bool,
     timeout: Duration,
+}
+
+// By hand, so that no field added later can print connect options through a derive.
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool)
+            .field("rls", &self.rls)
+            .field("session_check", &self.session_check)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgStore {
@@ -246,7 +292,16 @@ impl PgStore {
             acquire_timeout: config.db_timeout.mul_f64(0.8),
             idle_timeout: Duration::from_secs(300),
             max_lifetime: Duration::from_secs(1800),
+            // Nothing that could wait on a table lock runs at connect: the store's read is
+            // prepared by the connection's first read, under the same server-side bounds as
+            // every read. The pool adds the read of the backend's process id for cancels.
             after_connect: None,
+            connect_timeout: config.db_timeout,
+            // Past the longest the server lets one of our messages or transactions run (their
+            // bounds are at most nine tenths of the timeout), plus a margin.
+            retire_wait: config.db_timeout + Duration::from_secs(1),
+            // Behind a pooler a backend's process id names whichever client's work it runs now.
+            cancel_abandoned: config.prepared_statements != PreparedStatements::Off,
         };
         Ok(Self {
             pool: ConnPool::new(options, settings),
@@ -305,15 +360,20 @@ impl PgStore {
         }
     }
 
-    /// Sends one read message; remembers a statement it prepared on the connection.
+    /// Sends one read message, bounded on the server by what is left until `deadline`;
+    /// remembers a statement it prepared on the connection.
     async fn read(
         &self,
         lease: &mut Lease,
         claims: &Claims,
         session: Option<Uuid>,
         form: ReadForm,
+        deadline: Instant,
     ) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
-        let sql = read_in_one_message(self.rls, claims, session, form);
+        let mut sql = server_limits_sql(server_limit(
+            deadline.saturating_duration_since(Instant::now()),
+        ));
+        sql.push_str(&read_in_one_message(self.rls, claims, session, form));
         let row = sqlx::raw_sql(AssertSqlSafe(sql))
             .fetch_all(&mut **lease)
             .await?
@@ -339,7 +399,10 @@ impl PgStore {
     }
 
     /// A pooled connection, for queries of your own; hand it back with [`Lease::release`]
-    /// once they succeeded. The caller bounds it in time.
+    /// once they succeeded. The caller bounds it in time, and should bound its statements on
+    /// the server too (`SET LOCAL statement_timeout` in its transaction): a lease dropped
+    /// mid-statement has the statement cancelled on a direct connection, but behind a pooler
+    /// its slot is freed [`PoolSettings::retire_wait`] after the drop whatever still runs.
     pub async fn acquire(&self) -> Result<Lease, StoreError> {
         self.pool.acquire().await.map_err(StoreError::unavailable)
     }
@@ -352,28 +415,55 @@ impl PgStore {
     /// `rollback` end it, and a transaction dropped while open takes its connection with it.
     ///
     /// This is the path the store's writes take when `DB_RLS=on`; your own routes can use it
-    /// too. It costs one round trip. The caller bounds it in time (the pool's acquire timeout
-    /// bounds only the wait for a connection); giving up early is safe.
+    /// too. It costs one round trip. Every statement of the transaction is bounded on the
+    /// server by `statement_timeout` and `lock_timeout` of nine tenths of `DB_TIMEOUT_SECONDS`
+    /// (transaction-local). The caller bounds it in time (the pool's acquire timeout bounds
+    /// only the wait for a connection); giving up early is safe.
     pub async fn begin_as(&self, claims: &Claims) -> Result<UserTransaction, StoreError> {
-        self.begin_with(Some(claims)).await
+        self.begin_with(Some(claims), Instant::now() + self.timeout)
+            .await
     }
 
     /// Begins the transaction for one write: as the user under `DB_RLS=on`, else a plain one
     /// whose statements filter by the verified id themselves. Writes run inside an explicit
     /// transaction: through a transaction-mode pooler, sqlx's unnamed statement is two
-    /// exchanges that another backend could answer the second of.
-    async fn begin_with(&self, claims: Option<&Claims>) -> Result<UserTransaction, StoreError> {
-        let mut lease = self.acquire().await?;
-        lease.enter_transaction();
-        let sql = match claims {
-            Some(claims) => begin_as_sql(&claims.role, claims.raw_json()),
-            None => "begin".to_owned(),
-        };
-        sqlx::raw_sql(AssertSqlSafe(sql))
-            .execute(&mut *lease)
-            .await
-            .map_err(StoreError::unavailable)?;
-        Ok(UserTransaction { lease })
+    /// exchanges that another backend could answer the second of. Its statements are bounded on
+    /// the server by what is left until `deadline`.
+    ///
+    /// A `BEGIN` that fails because the connection is dead (a restarted server) is retried once
+    /// on a fresh connection: nothing was committed, as nothing ran.
+    async fn begin_with(
+        &self,
+        claims: Option<&Claims>,
+        deadline: Instant,
+    ) -> Result<UserTransaction, StoreError> {
+        let mut retried = false;
+        loop {
+            let mut lease = self.acquire().await?;
+            lease.enter_transaction();
+            let limits = server_limits_sql(server_limit(
+                deadline.saturating_duration_since(Instant::now()),
+            ));
+            let sql = match claims {
+                Some(claims) => limits + &begin_as_sql(&claims.role, claims.raw_json()),
+                None => limits + "begin",
+            };
+            match sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut *lease).await {
+                Ok(_) => return Ok(UserTransaction { lease }),
+                Err(e) if !retried && connection_lost(&e) => {
+                    retried = true;
+                    self.after_connection_lost();
+                }
+                Err(e) => return Err(StoreError::unavailable(e)),
+            }
+        }
+    }
+
+    /// A connection proved dead: its idle siblings were opened to the same server, so they are
+    /// closed before the retry draws one.
+    fn after_connection_lost(&self) {
+        crate::telemetry::metrics::db_error("connection");
+        self.pool.discard_idle();
     }
 
     /// With `SESSION_CHECK=on`, the session the query must find active; a token without one is
@@ -386,8 +476,12 @@ impl PgStore {
         }
     }
 
-    async fn begin_for(&self, claims: &Claims) -> Result<UserTransaction, StoreError> {
-        self.begin_with(self.rls.then_some(claims)).await
+    async fn begin_for(
+        &self,
+        claims: &Claims,
+        deadline: Instant,
+    ) -> Result<UserTransaction, StoreError> {
+        self.begin_with(self.rls.then_some(claims), deadline).await
     }
 
     /// Checks that the connecting user may switch to `authenticated` (needed by `DB_RLS=on`).
@@ -418,9 +512,17 @@ impl PgStore {
 /// End it with [`commit`](Self::commit) or [`rollback`](Self::rollback). Dropped while open
 /// (an error, a timeout, a caller that gave up), its connection is closed, which ends the
 /// transaction on the server, and the pool opens a fresh one.
-#[derive(Debug)]
 pub struct UserTransaction {
     lease: Lease,
+}
+
+// By hand, like `PgStore`'s: the lease shows where it points, never a credential.
+impl std::fmt::Debug for UserTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserTransaction")
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
 }
 
 impl UserTransaction {
@@ -495,21 +597,35 @@ impl UserStore for PgStore {
     fn profile<'a>(&'a self, claims: &'a Claims) -> StoreFuture<'a, Option<UserRow>> {
         Box::pin(bounded(self.timeout, async move {
             let session = self.session_to_check(claims)?;
-            let mut lease = self.acquire().await?;
-            let form = self.read_form(&lease);
-            let row = match self.read(&mut lease, claims, session, form).await {
-                Ok(row) => row,
-                Err(e) if self.prepared == PreparedStatements::Auto && names_not_kept(&e) => {
-                    // A transaction-mode pooler put this read on another server than the one
-                    // that holds the statement. The error ended the message's transaction and
-                    // left the connection ready, so the read is retried inline on it, once.
-                    lease.set_prepared_read(None);
-                    self.note_pooler(&e);
-                    self.read(&mut lease, claims, session, ReadForm::Inline)
-                        .await
-                        .map_err(StoreError::unavailable)?
+            let deadline = Instant::now() + self.timeout;
+            // A read commits nothing, so one that failed on a dead connection (the server
+            // restarted since it was opened) is retried once on a fresh one.
+            let mut retried = false;
+            let (lease, row) = loop {
+                let mut lease = self.acquire().await?;
+                let form = self.read_form(&lease);
+                let read = match self.read(&mut lease, claims, session, form, deadline).await {
+                    Err(e) if self.prepared == PreparedStatements::Auto && names_not_kept(&e) => {
+                        // A transaction-mode pooler put this read on another server than the
+                        // one that holds the statement. The error ended the message's
+                        // transaction and left the connection ready, so the read is retried
+                        // inline on it, once.
+                        lease.set_prepared_read(None);
+                        self.note_pooler(&e);
+                        self.read(&mut lease, claims, session, ReadForm::Inline, deadline)
+                            .await
+                    }
+                    read => read,
+                };
+                match read {
+                    Ok(row) => break (lease, row),
+                    Err(e) if !retried && connection_lost(&e) => {
+                        retried = true;
+                        drop(lease);
+                        self.after_connection_lost();
+                    }
+                    Err(e) => return Err(StoreError::unavailable(e)),
                 }
-                Err(e) => return Err(StoreError::unavailable(e)),
             };
             lease.release();
             answer(row, session.is_some())
@@ -523,7 +639,9 @@ impl UserStore for PgStore {
     ) -> StoreFuture<'a, Option<UserRow>> {
         Box::pin(bounded(self.timeout, async move {
             let session = self.session_to_check(claims)?;
-            let mut tx = self.begin_for(claims).await?;
+            let mut tx = self
+                .begin_for(claims, Instant::now() + self.timeout)
+                .await?;
             let row = match session {
                 Some(session) => sqlx::query(UPDATE_NAME_IF_SESSION_ACTIVE)
                     .bind(claims.sub.uuid())
@@ -548,13 +666,24 @@ impl UserStore for PgStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         Box::pin(bounded(self.timeout, async move {
-            let mut lease = self.acquire().await?;
-            sqlx::raw_sql("select 1")
-                .execute(&mut *lease)
-                .await
-                .map_err(StoreError::unavailable)?;
-            lease.release();
-            Ok(())
+            // Like a read, retried once after a dead connection: `/readyz` should not report
+            // a database that is back as down.
+            let mut retried = false;
+            loop {
+                let mut lease = self.acquire().await?;
+                match sqlx::raw_sql("select 1").execute(&mut *lease).await {
+                    Ok(_) => {
+                        lease.release();
+                        return Ok(());
+                    }
+                    Err(e) if !retried && connection_lost(&e) => {
+                        retried = true;
+                        drop(lease);
+                        self.after_connection_lost();
+                    }
+                    Err(e) => return Err(StoreError::unavailable(e)),
+                }
+            }
         }))
     }
 
@@ -669,5 +798,24 @@ mod tests {
                 .replace(&format!("'{session}'::uuid"), "$2");
             assert_eq!(prepare, format!("prepare {name}{params} as {expected}"));
         }
+    }
+
+    #[test]
+    fn server_limits_bound_statements_and_lock_waits() {
+        assert_eq!(
+            server_limits_sql(Duration::from_millis(2700)),
+            "set local statement_timeout = 2700; set local lock_timeout = 2700; "
+        );
+        // Zero would mean "no limit" to Postgres.
+        assert!(server_limits_sql(Duration::ZERO).contains("statement_timeout = 1;"));
+        assert!(server_limit(Duration::from_secs(3)) < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn only_a_lost_connection_is_retried() {
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(connection_lost(&sqlx::Error::Io(eof)));
+        assert!(!connection_lost(&sqlx::Error::PoolTimedOut));
+        assert!(!connection_lost(&sqlx::Error::RowNotFound));
     }
 }

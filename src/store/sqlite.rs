@@ -14,10 +14,20 @@ use crate::auth::Claims;
 pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Profiles in a local SQLite file. No row-level security: queries filter by the verified id.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     timeout: Duration,
+}
+
+// By hand, so the pool's options never print through a derive; a SQLite URL carries no
+// credential today, but this type's `Debug` should not depend on sqlx's.
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {

@@ -351,6 +351,70 @@ fn image_runs_as_non_root_with_a_writable_store_and_no_secrets() {
 }
 
 #[test]
+fn the_image_ships_the_binary_stripped_and_keeps_its_line_tables_behind() {
+    const BUILT: &str = "/out/supabase-jwt-service";
+    let all = dockerfile();
+    let build_step = all
+        .iter()
+        .find(|i| i.keyword == "RUN" && i.args.contains("cargo build --release"))
+        .expect("a RUN that builds the release binary");
+    // Shell steps: split at `&&` and `;`, with the `if`/`else` words around them dropped, so
+    // a build that picks its target by `APP` is read step by step too.
+    let steps: Vec<&str> = build_step
+        .args
+        .split("&&")
+        .flat_map(|s| s.split(';'))
+        .map(|s| {
+            let s = s.trim();
+            ["then ", "else "]
+                .iter()
+                .find_map(|kw| s.strip_prefix(kw))
+                .unwrap_or(s)
+                .trim()
+        })
+        .collect();
+    let installed = steps
+        .iter()
+        .position(|s| s.starts_with("install") && s.ends_with(BUILT))
+        .expect("the binary is installed into /out");
+    // A strip after the install, of that very file, removing the debug sections at least.
+    let stripped = steps[installed + 1..].iter().any(|step| {
+        let words: Vec<&str> = step.split_whitespace().collect();
+        let strips = match words.first().copied() {
+            Some("strip") => true,
+            Some("objcopy") => words.iter().any(|w| {
+                matches!(
+                    *w,
+                    "--strip-all" | "--strip-debug" | "--strip-unneeded" | "-S" | "-g"
+                )
+            }),
+            _ => false,
+        };
+        strips && words.last() == Some(&BUILT)
+    });
+    assert!(
+        stripped,
+        "{BUILT} is not stripped after install: {steps:#?}"
+    );
+
+    // The runtime stage copies that stripped file, not target/release nor the debug file.
+    let stage = final_stage(&all);
+    let binary_copies: Vec<&str> = args_of(stage, "COPY")
+        .into_iter()
+        .filter(|a| a.ends_with("/usr/local/bin/supabase-jwt-service"))
+        .collect();
+    assert_eq!(binary_copies.len(), 1, "{binary_copies:?}");
+    let sources: Vec<&str> = binary_copies[0]
+        .split_whitespace()
+        .filter(|w| !w.starts_with("--"))
+        .collect();
+    assert_eq!(sources, [BUILT, "/usr/local/bin/supabase-jwt-service"]);
+    for args in args_of(stage, "COPY") {
+        assert!(!args.contains(".debug"), "debug info shipped: {args}");
+    }
+}
+
+#[test]
 fn dockerignore_keeps_builds_databases_and_secrets_out() {
     let ignore = repo_file(".dockerignore");
     let entries: Vec<&str> = ignore

@@ -2,9 +2,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod bans;
+mod cache_headers;
+mod chat;
 mod cli;
 mod deploy_files;
 mod errors;
+mod fake_llm;
 mod fixtures;
 mod grants;
 mod happy;
@@ -12,11 +15,14 @@ mod helpers;
 mod hostile;
 mod image_env;
 mod jwks;
+mod network_defaults;
 mod notes;
 mod outage;
 mod pooler;
 mod prometheus_metrics;
 mod property;
+mod readiness;
+mod redaction;
 mod request_logs;
 mod rls;
 mod shutdown;

@@ -1,0 +1,292 @@
+//! Conversations and their messages. On Postgres every statement runs as the caller and
+//! row-level security decides what it sees, so the reads carry no owner filter on purpose; on
+//! SQLite (no RLS) each statement filters by the verified user id.
+
+use serde::Serialize;
+use sqlx::{PgConnection, Row, SqliteConnection};
+use uuid::Uuid;
+
+use crate::db::Conn;
+use crate::upstream::Message;
+
+/// How many earlier messages of a conversation are sent upstream with the new one.
+pub const MAX_EARLIER_MESSAGES: i64 = 20;
+
+/// How many conversations `GET /conversations` lists (the most recent).
+pub const MAX_LISTED: i64 = 100;
+
+/// A conversation in the list.
+#[derive(Debug, Serialize)]
+pub struct ConversationSummary {
+    /// Its id.
+    pub id: Uuid,
+    /// The start of its first message.
+    pub title: String,
+    /// When its last turn was stored (RFC 3339).
+    pub updated_at: String,
+}
+
+/// A stored message.
+#[derive(Debug, Serialize)]
+pub struct StoredMessage {
+    /// `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+    /// When it was stored (RFC 3339).
+    pub created_at: String,
+    /// The answer was cut before its end (client gone, upstream failed).
+    pub incomplete: bool,
+}
+
+/// One finished (or cut) turn to store.
+#[derive(Debug)]
+pub struct Turn<'a> {
+    /// The conversation (new ones are created).
+    pub conversation_id: Uuid,
+    /// The user's message.
+    pub question: &'a str,
+    /// What the model produced.
+    pub answer: &'a str,
+    /// The answer did not reach its end.
+    pub incomplete: bool,
+}
+
+/// A title from the first message: its first 60 characters on one line.
+fn title_of(message: &str) -> String {
+    let line: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    match line.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
+    }
+}
+
+/// The caller's conversations, most recent first.
+pub async fn list(conn: Conn<'_>, user: Uuid) -> Result<Vec<ConversationSummary>, sqlx::Error> {
+    let rows = match conn {
+        // No owner filter: RLS returns the caller's rows only (tested).
+        Conn::Pg(conn) => sqlx::query(
+            "select id, title, to_json(updated_at) #>> '{}' as updated_at \
+                 from public.conversations order by updated_at desc limit $1",
+        )
+        .bind(MAX_LISTED)
+        .persistent(false)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ConversationSummary {
+                id: r.try_get("id")?,
+                title: r.try_get("title")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?,
+        Conn::Sqlite(conn) => sqlite_list(conn, user).await?,
+    };
+    Ok(rows)
+}
+
+async fn sqlite_list(
+    conn: &mut SqliteConnection,
+    user: Uuid,
+) -> Result<Vec<ConversationSummary>, sqlx::Error> {
+    sqlx::query(
+        "select id, title, updated_at from conversations where owner = ?1 \
+         order by updated_at desc limit ?2",
+    )
+    .bind(user.to_string())
+    .bind(MAX_LISTED)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(|r| {
+        let id: String = r.try_get("id")?;
+        Ok(ConversationSummary {
+            id: Uuid::try_parse(&id).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            title: r.try_get("title")?,
+            updated_at: r.try_get("updated_at")?,
+        })
+    })
+    .collect()
+}
+
+/// A conversation's messages, oldest first; `None` when it is not the caller's (or unknown).
+pub async fn messages(
+    conn: Conn<'_>,
+    user: Uuid,
+    id: Uuid,
+) -> Result<Option<Vec<StoredMessage>>, sqlx::Error> {
+    match conn {
+        Conn::Pg(conn) => pg_messages(conn, id, i64::MAX).await,
+        Conn::Sqlite(conn) => sqlite_messages(conn, user, id, i64::MAX).await,
+    }
+}
+
+/// The last [`MAX_EARLIER_MESSAGES`] messages of a conversation, to send upstream; `None` when
+/// it is not the caller's.
+pub async fn earlier(
+    conn: Conn<'_>,
+    user: Uuid,
+    id: Uuid,
+) -> Result<Option<Vec<Message>>, sqlx::Error> {
+    let stored = match conn {
+        Conn::Pg(conn) => pg_messages(conn, id, MAX_EARLIER_MESSAGES).await?,
+        Conn::Sqlite(conn) => sqlite_messages(conn, user, id, MAX_EARLIER_MESSAGES).await?,
+    };
+    Ok(stored.map(|messages| {
+        messages
+            .into_iter()
+            .filter(|m| !m.content.is_empty())
+            .map(|m| Message {
+                role: m.role,
+                content: m.content,
+            })
+            .collect()
+    }))
+}
+
+/// The last `limit` messages, oldest first.
+async fn pg_messages(
+    conn: &mut PgConnection,
+    id: Uuid,
+    limit: i64,
+) -> Result<Option<Vec<StoredMessage>>, sqlx::Error> {
+    let exists: Option<i32> =
+        sqlx::query_scalar("select 1 from public.conversations where id = $1")
+            .bind(id)
+            .persistent(false)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = sqlx::query(
+        "select role, content, incomplete, created_at from ( \
+           select id, role, content, incomplete, to_json(created_at) #>> '{}' as created_at \
+           from public.chat_messages where conversation_id = $1 order by id desc limit $2 \
+         ) last order by id",
+    )
+    .bind(id)
+    .bind(limit)
+    .persistent(false)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredMessage {
+                role: r.try_get("role")?,
+                content: r.try_get("content")?,
+                created_at: r.try_get("created_at")?,
+                incomplete: r.try_get("incomplete")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map(Some)
+}
+
+async fn sqlite_messages(
+    conn: &mut SqliteConnection,
+    user: Uuid,
+    id: Uuid,
+    limit: i64,
+) -> Result<Option<Vec<StoredMessage>>, sqlx::Error> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("select 1 from conversations where id = ?1 and owner = ?2")
+            .bind(id.to_string())
+            .bind(user.to_string())
+            .fetch_optional(&mut *conn)
+            .await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = sqlx::query(
+        "select role, content, incomplete, created_at from ( \
+           select id, role, content, incomplete, created_at from chat_messages \
+           where conversation_id = ?1 and owner = ?2 order by id desc limit ?3 \
+         ) order by id",
+    )
+    .bind(id.to_string())
+    .bind(user.to_string())
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StoredMessage {
+                role: r.try_get("role")?,
+                content: r.try_get("content")?,
+                created_at: r.try_get("created_at")?,
+                incomplete: r.try_get::<i64, _>("incomplete")? != 0,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map(Some)
+}
+
+/// Stores a turn: the conversation (created, or its `updated_at` moved), the user's message
+/// and the assistant's answer.
+pub async fn store(conn: Conn<'_>, user: Uuid, turn: &Turn<'_>) -> Result<(), sqlx::Error> {
+    let title = title_of(turn.question);
+    match conn {
+        Conn::Pg(conn) => {
+            // `owner` defaults to auth.uid(); the insert policy checks it again.
+            sqlx::query(
+                "insert into public.conversations (id, title) values ($1, $2) \
+                 on conflict (id) do update set updated_at = now()",
+            )
+            .bind(turn.conversation_id)
+            .bind(&title)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "insert into public.chat_messages (conversation_id, role, content, incomplete) \
+                 values ($1, 'user', $2, false), ($1, 'assistant', $3, $4)",
+            )
+            .bind(turn.conversation_id)
+            .bind(turn.question)
+            .bind(turn.answer)
+            .bind(turn.incomplete)
+            .persistent(false)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Conn::Sqlite(conn) => {
+            sqlx::query(
+                "insert into conversations (id, owner, title) values (?1, ?2, ?3) \
+                 on conflict (id) do update set updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
+                 where owner = ?2",
+            )
+            .bind(turn.conversation_id.to_string())
+            .bind(user.to_string())
+            .bind(&title)
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "insert into chat_messages (conversation_id, owner, role, content, incomplete) \
+                 values (?1, ?2, 'user', ?3, 0), (?1, ?2, 'assistant', ?4, ?5)",
+            )
+            .bind(turn.conversation_id.to_string())
+            .bind(user.to_string())
+            .bind(turn.question)
+            .bind(turn.answer)
+            .bind(i64::from(turn.incomplete))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_are_one_short_line() {
+        assert_eq!(title_of("  hello\n world "), "hello world");
+        let long = "é".repeat(80);
+        assert_eq!(title_of(&long).chars().count(), 61);
+    }
+}

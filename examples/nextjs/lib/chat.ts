@@ -1,0 +1,204 @@
+// A small typed client for the chat example (examples/chat, docs/chat.md), with
+// no dependencies. POST /chat answers with server-sent events; EventSource
+// cannot send an Authorization header, so this reads the stream from fetch()
+// itself, and the token never goes in a URL. (It is also served, transpiled,
+// to the browser end-to-end test in tests/browser.)
+
+import { isServiceErrorCode, serviceUrl } from './service'
+
+/** Where the chat service listens: NEXT_PUBLIC_CHAT_URL, else the service's URL. */
+export function chatUrl(): string {
+  let fromEnv: string | undefined
+  try {
+    // Replaced by Next.js at build time; `process` does not exist in a plain module.
+    fromEnv = process.env.NEXT_PUBLIC_CHAT_URL
+  } catch {
+    fromEnv = undefined
+  }
+  return (fromEnv || serviceUrl()).replace(/\/+$/, '')
+}
+
+export type Usage = { prompt_tokens: number; completion_tokens: number }
+
+export type ChatFailure = {
+  ok: false
+  /** HTTP status, or null when no answer arrived (network, aborted). */
+  status: number | null
+  /** The service's error code, `rate_limited` included, or a client-side one. */
+  error: string
+  message: string
+  /** Seconds to wait (Retry-After) for 429 and 503. */
+  retryAfter: number | null
+  /** The conversation, when the stream had started before it failed. */
+  conversationId: string | null
+  /** What arrived of the answer before it failed. */
+  partial: string
+}
+
+export type ChatDone = { ok: true; conversationId: string; text: string; usage: Usage }
+
+export type ChatResult = ChatDone | ChatFailure
+
+export type ChatOptions = {
+  baseUrl?: string
+  /** Abort to stop the answer: the service stops the model at once. */
+  signal?: AbortSignal
+  /** Called once with the conversation's id, before any text. */
+  onMeta?: (conversationId: string) => void
+  /** Called with each piece of the answer as it arrives. */
+  onDelta?: (text: string) => void
+  fetch?: typeof fetch
+}
+
+/** POST /chat: sends `message` (into `conversationId`, or a new conversation) and streams the answer. */
+export async function streamChat(
+  accessToken: string,
+  conversationId: string | null,
+  message: string,
+  options: ChatOptions = {},
+): Promise<ChatResult> {
+  const base = (options.baseUrl ?? chatUrl()).replace(/\/+$/, '')
+  const doFetch = options.fetch ?? fetch
+  let conversation: string | null = null
+  let partial = ''
+  const fail = (status: number | null, error: string, text: string, retryAfter: number | null = null): ChatFailure => ({
+    ok: false,
+    status,
+    error,
+    message: text,
+    retryAfter,
+    conversationId: conversation,
+    partial,
+  })
+
+  let response: Response
+  try {
+    response = await doFetch(`${base}/chat`, {
+      method: 'POST',
+      headers: {
+        Accept: 'text/event-stream',
+        Authorization: `Bearer ${accessToken}`,
+        'Content-Type': 'application/json',
+      },
+      body: JSON.stringify({ conversation_id: conversationId, message }),
+      signal: options.signal,
+      credentials: 'omit',
+      cache: 'no-store',
+    })
+  } catch (err) {
+    if (options.signal?.aborted) return fail(null, 'aborted', 'cancelled')
+    return fail(null, 'network_error', err instanceof Error ? err.message : String(err))
+  }
+
+  if (!response.ok || !response.body) {
+    const retryAfter = Number.parseInt(response.headers.get('Retry-After') ?? '', 10)
+    let body: unknown = null
+    try {
+      body = await response.json()
+    } catch {
+      body = null
+    }
+    const code =
+      typeof body === 'object' && body !== null && 'error' in body && typeof body.error === 'string'
+        ? body.error
+        : 'unexpected_response'
+    const text =
+      typeof body === 'object' && body !== null && 'message' in body && typeof body.message === 'string'
+        ? body.message
+        : `HTTP ${response.status}`
+    const known = isServiceErrorCode(code) || ['rate_limited', 'upstream_error', 'anonymous_not_allowed'].includes(code)
+    return fail(response.status, known ? code : 'unexpected_response', text, Number.isFinite(retryAfter) ? retryAfter : null)
+  }
+
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader()
+  let buffer = ''
+  try {
+    for (;;) {
+      const { value, done } = await reader.read()
+      if (done) return fail(response.status, 'unexpected_response', 'the stream ended without its last event')
+      buffer += value.replace(/\r\n?/g, '\n')
+      let end: number
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const block = buffer.slice(0, end)
+        buffer = buffer.slice(end + 2)
+        const event = parseEvent(block)
+        if (!event) continue
+        if (event.name === 'meta') {
+          conversation = String(event.data.conversation_id)
+          options.onMeta?.(conversation)
+        } else if (event.name === 'delta') {
+          const text = String(event.data.text ?? '')
+          partial += text
+          options.onDelta?.(text)
+        } else if (event.name === 'done') {
+          await reader.cancel()
+          return { ok: true, conversationId: conversation ?? '', text: partial, usage: event.data.usage as Usage }
+        } else if (event.name === 'error') {
+          await reader.cancel()
+          return fail(response.status, String(event.data.error), String(event.data.message))
+        }
+      }
+    }
+  } catch (err) {
+    if (options.signal?.aborted) return fail(null, 'aborted', 'cancelled')
+    return fail(null, 'network_error', err instanceof Error ? err.message : String(err))
+  }
+}
+
+function parseEvent(block: string): { name: string; data: Record<string, unknown> } | null {
+  let name = 'message'
+  const data: string[] = []
+  for (const line of block.split('\n')) {
+    if (line.startsWith('event:')) name = line.slice(6).trim()
+    else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''))
+  }
+  if (data.length === 0) return null
+  try {
+    return { name, data: JSON.parse(data.join('\n')) }
+  } catch {
+    return null
+  }
+}
+
+export type ConversationSummary = { id: string; title: string; updated_at: string }
+export type StoredMessage = { role: 'user' | 'assistant'; content: string; created_at: string; incomplete: boolean }
+
+/** GET /conversations: the caller's own, newest first; null on any failure. */
+export async function listConversations(
+  accessToken: string,
+  options: { baseUrl?: string; signal?: AbortSignal } = {},
+): Promise<ConversationSummary[] | null> {
+  const body = await getJson(accessToken, '/conversations', options)
+  const list = (body as { conversations?: unknown } | null)?.conversations
+  return Array.isArray(list) ? (list as ConversationSummary[]) : null
+}
+
+/** GET /conversations/{id}: its messages, oldest first; null when not found (or on failure). */
+export async function getConversation(
+  accessToken: string,
+  id: string,
+  options: { baseUrl?: string; signal?: AbortSignal } = {},
+): Promise<StoredMessage[] | null> {
+  const body = await getJson(accessToken, `/conversations/${encodeURIComponent(id)}`, options)
+  const messages = (body as { messages?: unknown } | null)?.messages
+  return Array.isArray(messages) ? (messages as StoredMessage[]) : null
+}
+
+async function getJson(
+  accessToken: string,
+  path: string,
+  options: { baseUrl?: string; signal?: AbortSignal },
+): Promise<unknown> {
+  const base = (options.baseUrl ?? chatUrl()).replace(/\/+$/, '')
+  try {
+    const response = await fetch(`${base}${path}`, {
+      headers: { Accept: 'application/json', Authorization: `Bearer ${accessToken}` },
+      signal: options.signal,
+      credentials: 'omit',
+      cache: 'no-store',
+    })
+    return response.ok ? await response.json() : null
+  } catch {
+    return null
+  }
+}

@@ -1,0 +1,1063 @@
+//! The chat example (`examples/chat`) from outside: its binary over real HTTP, a fake
+//! OpenAI-compatible upstream on port 0, and real Postgres (or the embedded SQLite store).
+//! Every row of issue 14's HTTP contract, the quota race on one and two instances, RLS, and a
+//! client that goes away mid-answer.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::fake_llm::FakeLlm;
+use crate::helpers::{SECRET, TestDb, assert_error, claims, client, sign, token_for};
+
+/// The example's binary, next to this test binary's `deps/` folder. `cargo test` without
+/// target flags builds examples; `scripts/test` runs `cargo build --examples` first.
+fn example_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let debug = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let bin = debug.join("examples").join("chat");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --example chat` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running instance of the example; killed when dropped.
+struct ChatApp {
+    child: Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ChatApp {
+    /// Starts the example with the test secret, on 127.0.0.1:0, plus `env`; waits (at most
+    /// 60 s) for the line saying where it listens.
+    fn spawn(database_url: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut command = Command::new(example_binary());
+        // A clean environment (and a folder without a .env), so nothing of the developer's
+        // shell, such as an LLM_BASE_URL, leaks into the test.
+        command
+            .env_clear()
+            .current_dir(dir.path())
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("METRICS_ADDR", "off")
+            .env("LOG_FORMAT", "json")
+            .env(
+                "RUST_LOG",
+                if std::env::var("TEST_LOG").is_ok() {
+                    "info"
+                } else {
+                    "error"
+                },
+            )
+            .env("SUPABASE_JWT_SECRET", SECRET)
+            .env("DATABASE_URL", database_url)
+            .env("CHAT_LOCAL_DELAY_MS", "5")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var("TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        let mut child = command.spawn().expect("start the chat example");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if let Some(url) = line.strip_prefix("chat listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let Ok(base) = rx.recv_timeout(Duration::from_secs(60)) else {
+            let _ = child.kill();
+            panic!("the chat example did not start within 60 s (TEST_LOG=1 shows its log)");
+        };
+        Self {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn chat(&self, token: &str, body: &Value) -> reqwest::Response {
+        client()
+            .post(self.url("/chat"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /chat")
+    }
+
+    async fn get(&self, token: &str, path: &str) -> reqwest::Response {
+        client()
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET")
+    }
+}
+
+impl Drop for ChatApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq)]
+struct Event {
+    name: String,
+    data: Value,
+}
+
+/// Reads server-sent events from a response as they arrive.
+struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    fn new(response: reqwest::Response) -> Self {
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event, `None` at the end of the stream; at most 30 s.
+    async fn next(&mut self) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut name = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        name = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                return Some(Event {
+                    name,
+                    data: serde_json::from_str(&data).expect("event data is JSON"),
+                });
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("no event within 30 s")
+                .expect("stream read");
+            match chunk {
+                Some(bytes) => self
+                    .buffer
+                    .push_str(std::str::from_utf8(&bytes).expect("UTF-8")),
+                None => return None,
+            }
+        }
+    }
+
+    async fn rest(mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Some(e) = self.next().await {
+            events.push(e);
+        }
+        events
+    }
+}
+
+/// The text of all `delta` events.
+fn text_of(events: &[Event]) -> String {
+    events
+        .iter()
+        .filter(|e| e.name == "delta")
+        .map(|e| e.data["text"].as_str().expect("delta text"))
+        .collect()
+}
+
+async fn seeded_db(users: &[Uuid]) -> TestDb {
+    let db = TestDb::new().await;
+    for user in users {
+        db.seed_user(*user, None).await;
+    }
+    db
+}
+
+/// The stored messages of a conversation, read as superuser: (role, content, incomplete).
+async fn stored(db: &TestDb, conversation: Uuid) -> Vec<(String, String, bool)> {
+    sqlx::query_as(
+        "select role, content, incomplete from public.chat_messages \
+         where conversation_id = $1 order by id",
+    )
+    .bind(conversation)
+    .fetch_all(&db.pool)
+    .await
+    .expect("read messages")
+}
+
+#[tokio::test]
+async fn chat_streams_meta_deltas_and_done_then_stores_the_turn_and_sends_history_upstream() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("LLM_BASE_URL", &base),
+            ("LLM_API_KEY", "sk-test-key"),
+            ("LLM_MODEL", "fake-1"),
+        ],
+    );
+    let token = token_for(user);
+
+    let response = app
+        .chat(&token, &json!({"message": "hello streaming world"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let events = Events::new(response).rest().await;
+    assert_eq!(events[0].name, "meta");
+    let conversation: Uuid = serde_json::from_value(events[0].data["conversation_id"].clone())
+        .expect("conversation_id is a UUID");
+    assert_eq!(text_of(&events), "hello streaming world ");
+    assert_eq!(
+        events.iter().filter(|e| e.name == "delta").count(),
+        3,
+        "one delta per upstream chunk"
+    );
+    let done = events.last().expect("events");
+    assert_eq!(done.name, "done");
+    assert_eq!(
+        done.data["usage"],
+        json!({"prompt_tokens": 3, "completion_tokens": 3})
+    );
+
+    let sent = fake.last_body();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    assert_eq!(sent["model"], "fake-1");
+    assert_eq!(
+        fake.seen.last_authorization.lock().unwrap().as_deref(),
+        Some("Bearer sk-test-key")
+    );
+
+    assert_eq!(
+        stored(&db, conversation).await,
+        vec![
+            ("user".into(), "hello streaming world".into(), false),
+            ("assistant".into(), "hello streaming world ".into(), false),
+        ]
+    );
+
+    let list: Value = app
+        .get(&token, "/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let list = list["conversations"].as_array().expect("conversations");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], conversation.to_string());
+    assert_eq!(list[0]["title"], "hello streaming world");
+    assert!(list[0]["updated_at"].is_string());
+
+    let response = app
+        .get(&token, &format!("/conversations/{conversation}"))
+        .await;
+    assert_eq!(response.status(), 200);
+    let one: Value = response.json().await.unwrap();
+    assert_eq!(one["id"], conversation.to_string());
+    let roles: Vec<&str> = one["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant"]);
+    assert!(one["messages"][0]["created_at"].is_string());
+
+    // The next turn of the same conversation carries the earlier messages upstream.
+    let response = app
+        .chat(
+            &token,
+            &json!({"conversation_id": conversation, "message": "and again"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = Events::new(response).rest().await;
+    assert_eq!(events.last().unwrap().name, "done");
+    let sent: Vec<(String, String)> = fake.last_body()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap().into(),
+                m["content"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        vec![
+            ("user".into(), "hello streaming world".into()),
+            ("assistant".into(), "hello streaming world ".into()),
+            ("user".into(), "and again".into()),
+        ]
+    );
+    assert_eq!(stored(&db, conversation).await.len(), 4);
+}
+
+#[tokio::test]
+async fn chat_relays_each_chunk_as_it_arrives_not_at_the_end() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(&db.url, &[("LLM_BASE_URL", &base)]);
+
+    let response = app
+        .chat(
+            &token_for(user),
+            &json!({"message": "[slow] one two three four five"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut events = Events::new(response);
+    assert_eq!(events.next().await.unwrap().name, "meta");
+    let first = events.next().await.unwrap();
+    assert_eq!(
+        (first.name.as_str(), &first.data["text"]),
+        ("delta", &json!("one "))
+    );
+    // The first word is here while the upstream is still sending the others.
+    assert_eq!(
+        fake.finished_streams(),
+        0,
+        "the first delta waited for the whole answer"
+    );
+    assert_eq!(fake.open_streams(), 1);
+    let rest = events.rest().await;
+    assert_eq!(rest.last().unwrap().name, "done");
+}
+
+#[tokio::test]
+async fn upstream_failures_before_the_stream_map_to_503_and_502_never_500() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("LLM_BASE_URL", &base),
+            ("CHAT_FIRST_BYTE_SECONDS", "1"),
+            ("CHAT_RPM", "100"),
+        ],
+    );
+    let token = token_for(user);
+
+    let headers = assert_error(
+        app.chat(&token, &json!({"message": "[500] hi"})).await,
+        503,
+        "unavailable",
+    )
+    .await;
+    assert!(headers.contains_key("retry-after"));
+
+    let headers = assert_error(
+        app.chat(&token, &json!({"message": "[429] hi"})).await,
+        503,
+        "unavailable",
+    )
+    .await;
+    assert_eq!(headers["retry-after"], "7", "the upstream's own wait");
+
+    assert_error(
+        app.chat(&token, &json!({"message": "[401] hi"})).await,
+        502,
+        "upstream_error",
+    )
+    .await;
+
+    let started = std::time::Instant::now();
+    let headers = assert_error(
+        app.chat(&token, &json!({"message": "[hang] hi"})).await,
+        503,
+        "unavailable",
+    )
+    .await;
+    assert!(headers.contains_key("retry-after"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1 + 5),
+        "first-byte timeout of 1 s took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(fake.requests(), 4);
+
+    // Nothing listens on a port we just bound and released: connection refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused_base = format!("http://{closed}/v1");
+    let refused = ChatApp::spawn(&db.url, &[("LLM_BASE_URL", &refused_base)]);
+    let headers = assert_error(
+        refused.chat(&token, &json!({"message": "hi"})).await,
+        503,
+        "unavailable",
+    )
+    .await;
+    assert!(headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_reset_mid_stream_ends_with_an_error_event_and_the_partial_answer_is_stored_incomplete() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(&db.url, &[("LLM_BASE_URL", &base)]);
+
+    let response = app
+        .chat(
+            &token_for(user),
+            &json!({"message": "[reset] alpha beta gamma delta"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = Events::new(response).rest().await;
+    let conversation: Uuid =
+        serde_json::from_value(events[0].data["conversation_id"].clone()).unwrap();
+    assert_eq!(text_of(&events), "alpha beta ");
+    let last = events.last().unwrap();
+    assert_eq!(last.name, "error");
+    assert_eq!(last.data["error"], "upstream_error");
+    assert!(last.data["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_eq!(
+        stored(&db, conversation).await,
+        vec![
+            (
+                "user".into(),
+                "[reset] alpha beta gamma delta".into(),
+                false
+            ),
+            ("assistant".into(), "alpha beta ".into(), true),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_closes_the_upstream_connection_and_the_partial_answer_is_stored_incomplete()
+ {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(&db.url, &[("LLM_BASE_URL", &base)]);
+
+    let response = app
+        .chat(&token_for(user), &json!({"message": "[long] go"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut events = Events::new(response);
+    let meta = events.next().await.unwrap();
+    let conversation: Uuid = serde_json::from_value(meta.data["conversation_id"].clone()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(events.next().await.unwrap().name, "delta");
+    }
+    assert_eq!(fake.open_streams(), 1);
+    drop(events);
+
+    assert!(
+        fake.wait_until(Duration::from_millis(1500), |f| f.open_streams() == 0)
+            .await,
+        "the upstream connection was still open 1.5 s after the client went away"
+    );
+    assert_eq!((fake.cut_streams(), fake.finished_streams()), (1, 0));
+
+    let mut rows = Vec::new();
+    for _ in 0..100 {
+        rows = stored(&db, conversation).await;
+        if rows.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows.len(), 2, "the cut turn was not stored within 5 s");
+    let (role, content, incomplete) = &rows[1];
+    assert_eq!(role, "assistant");
+    assert!(content.starts_with("w0 w1 w2 "), "stored: {content:?}");
+    assert!(*incomplete);
+}
+
+/// Fires `n` chat requests from `user` at once, spread over `apps`; returns the statuses.
+async fn race(apps: &[&ChatApp], token: &str, n: usize) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let url = apps[i % apps.len()].url("/chat");
+        let token = token.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let response = client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"message": "race"}))
+                .send()
+                .await
+                .expect("POST /chat");
+            let status = response.status().as_u16();
+            if status == 429 {
+                let wait: u32 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .expect("Retry-After is seconds");
+                assert!((1..=60).contains(&wait), "Retry-After {wait}");
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["error"], "rate_limited");
+            } else {
+                let _ = response.bytes().await;
+            }
+            status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.expect("request task"));
+    }
+    statuses
+}
+
+/// Waits (at most 11 s) while the minute is about to turn: the quota counts per clock minute,
+/// and a race straddling two windows would rightly admit up to twice the limit.
+async fn away_from_a_minute_boundary() {
+    let second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if second >= 50 {
+        tokio::time::sleep(Duration::from_secs(61 - second)).await;
+    }
+}
+
+fn count(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+const RACE_ENV: &[(&str, &str)] = &[("CHAT_RPM", "5"), ("CHAT_MAX_STREAMS", "50")];
+
+#[tokio::test]
+async fn twenty_concurrent_requests_against_chat_rpm_5_admit_exactly_5() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let app = ChatApp::spawn(&db.url, RACE_ENV);
+    away_from_a_minute_boundary().await;
+    let statuses = race(&[&app], &token_for(user), 20).await;
+    assert_eq!(
+        (count(&statuses, 200), count(&statuses, 429)),
+        (5, 15),
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_quota_holds_across_two_instances_on_one_database() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let (a, b) = (
+        ChatApp::spawn(&db.url, RACE_ENV),
+        ChatApp::spawn(&db.url, RACE_ENV),
+    );
+    away_from_a_minute_boundary().await;
+    let statuses = race(&[&a, &b], &token_for(user), 20).await;
+    assert_eq!(
+        (count(&statuses, 200), count(&statuses, 429)),
+        (5, 15),
+        "{statuses:?}"
+    );
+    let counted: i32 =
+        sqlx::query_scalar("select sum(requests)::int from chat_private.request_windows")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(counted, 5, "the database counted what it admitted");
+}
+
+#[tokio::test]
+async fn the_embedded_store_runs_the_local_model_and_holds_the_same_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/chat.db", dir.path().display());
+    away_from_a_minute_boundary().await;
+    let app = ChatApp::spawn(&url, RACE_ENV);
+    let user = Uuid::new_v4();
+    let token = token_for(user);
+
+    let response = app
+        .chat(&token, &json!({"message": "echo  me   back"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = Events::new(response).rest().await;
+    assert_eq!(text_of(&events), "echo me back");
+    assert_eq!(events.last().unwrap().data["usage"]["completion_tokens"], 3);
+    let conversation = events[0].data["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let list: Value = app
+        .get(&token, "/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"][0]["id"], conversation);
+    let other = token_for(Uuid::new_v4());
+    let list: Value = app
+        .get(&other, "/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"], json!([]));
+    assert_error(
+        app.get(&other, &format!("/conversations/{conversation}"))
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
+
+    let statuses = race(&[&app], &token, 20).await;
+    assert_eq!(
+        (count(&statuses, 200), count(&statuses, 429)),
+        (4, 16),
+        "one of 5 was spent above: {statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn over_quota_answers_429_with_retry_after_for_streams_tokens_and_anonymous_users() {
+    away_from_a_minute_boundary().await;
+    let (user, heavy) = (Uuid::new_v4(), Uuid::new_v4());
+    let db = seeded_db(&[user, heavy]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("LLM_BASE_URL", &base),
+            ("CHAT_MAX_STREAMS", "1"),
+            ("CHAT_TOKENS_PER_DAY", "3"),
+            ("CHAT_ANON_RPM", "1"),
+        ],
+    );
+
+    // A second stream while the first is running.
+    let token = token_for(user);
+    let first = app
+        .chat(&token, &json!({"message": "[slow] a b c d e f"}))
+        .await;
+    assert_eq!(first.status(), 200);
+    let headers = assert_error(
+        app.chat(&token, &json!({"message": "hi"})).await,
+        429,
+        "rate_limited",
+    )
+    .await;
+    assert!(headers.contains_key("retry-after"));
+    let _ = Events::new(first).rest().await;
+
+    // Past the day's completion tokens (3): the 4-word answer is admitted, the next is not.
+    let heavy_token = token_for(heavy);
+    let answer = app
+        .chat(&heavy_token, &json!({"message": "one two three four"}))
+        .await;
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        Events::new(answer).rest().await.last().unwrap().name,
+        "done"
+    );
+    let headers = assert_error(
+        app.chat(&heavy_token, &json!({"message": "more"})).await,
+        429,
+        "rate_limited",
+    )
+    .await;
+    let wait: u32 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&wait));
+
+    // Anonymous users get their own limit (CHAT_ANON_RPM=1).
+    let anon = Uuid::new_v4();
+    db.seed_user(anon, None).await;
+    let mut anon_claims = claims(anon);
+    anon_claims["is_anonymous"] = json!(true);
+    let anon_token = sign(&anon_claims);
+    let ok = app.chat(&anon_token, &json!({"message": "hi"})).await;
+    assert_eq!(ok.status(), 200);
+    let _ = ok.bytes().await;
+    assert_error(
+        app.chat(&anon_token, &json!({"message": "hi"})).await,
+        429,
+        "rate_limited",
+    )
+    .await;
+
+    // CHAT_ANON_RPM=0 refuses them outright.
+    let closed = ChatApp::spawn(&db.url, &[("CHAT_ANON_RPM", "0")]);
+    assert_error(
+        closed.chat(&anon_token, &json!({"message": "hi"})).await,
+        403,
+        "anonymous_not_allowed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn row_level_security_shows_each_user_only_their_own_conversations() {
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let db = seeded_db(&[alice, bob]).await;
+    let app = ChatApp::spawn(&db.url, &[]);
+    let (alice_token, bob_token) = (token_for(alice), token_for(bob));
+
+    let events = Events::new(
+        app.chat(&alice_token, &json!({"message": "alice's secret"}))
+            .await,
+    )
+    .rest()
+    .await;
+    let conversation = events[0].data["conversation_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The list query has no owner filter: only RLS keeps Alice's row from Bob.
+    let list: Value = app
+        .get(&bob_token, "/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"], json!([]));
+    let list: Value = app
+        .get(&alice_token, "/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+    assert_error(
+        app.get(&bob_token, &format!("/conversations/{conversation}"))
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.chat(
+            &bob_token,
+            &json!({"conversation_id": conversation, "message": "let me in"}),
+        )
+        .await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_eq!(
+        stored(&db, conversation.parse().unwrap()).await.len(),
+        2,
+        "Bob added nothing"
+    );
+
+    // As `authenticated` (what the Data API runs as), a user cannot reset their quota or give
+    // themselves tokens back.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true)")
+        .bind(json!({"sub": alice.to_string(), "role": "authenticated"}).to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let reset = sqlx::query("delete from chat_private.request_windows")
+        .execute(&mut *tx)
+        .await;
+    assert!(
+        reset.is_err(),
+        "authenticated could delete its quota windows"
+    );
+    tx.rollback().await.unwrap();
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', $1, true)")
+        .bind(json!({"sub": alice.to_string(), "role": "authenticated"}).to_string())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("select chat_private.add_tokens(-1000)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let tokens: i64 =
+        sqlx::query_scalar("select tokens from chat_private.token_days where user_id = $1")
+            .bind(alice)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(tokens >= 2, "negative tokens were subtracted: {tokens}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_services_json_errors() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let app = ChatApp::spawn(&db.url, &[]);
+    let token = token_for(user);
+    let post = |body: &'static str, content_type: &'static str| {
+        client()
+            .post(app.url("/chat"))
+            .bearer_auth(&token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+
+    let headers = assert_error(
+        client()
+            .post(app.url("/chat"))
+            .json(&json!({"message": "hi"}))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "missing_token",
+    )
+    .await;
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let headers = assert_error(
+        app.chat("not.a.token", &json!({"message": "hi"})).await,
+        401,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(
+        headers["www-authenticate"],
+        "Bearer error=\"invalid_token\""
+    );
+    assert_error(app.get("x", "/conversations").await, 401, "invalid_token").await;
+
+    assert_error(
+        post(r#"{"message":"hi"}"#, "text/plain").await.unwrap(),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    assert_error(
+        post("{", "application/json").await.unwrap(),
+        422,
+        "invalid_body",
+    )
+    .await;
+    assert_error(
+        post(r#"{"message":""}"#, "application/json").await.unwrap(),
+        422,
+        "invalid_body",
+    )
+    .await;
+    assert_error(
+        post(r#"{"message":"   "}"#, "application/json")
+            .await
+            .unwrap(),
+        422,
+        "invalid_body",
+    )
+    .await;
+    assert_error(
+        post(r#"{"message":42}"#, "application/json").await.unwrap(),
+        422,
+        "invalid_body",
+    )
+    .await;
+    assert_error(
+        post(
+            r#"{"conversation_id":"nope","message":"hi"}"#,
+            "application/json",
+        )
+        .await
+        .unwrap(),
+        422,
+        "invalid_body",
+    )
+    .await;
+    let long = json!({"message": "é".repeat(4001)});
+    assert_error(app.chat(&token, &long).await, 422, "invalid_body").await;
+    let longest = json!({"message": "é".repeat(4000)});
+    assert_eq!(app.chat(&token, &longest).await.status(), 200);
+    let huge = json!({"message": "a".repeat(17 * 1024)});
+    assert_error(app.chat(&token, &huge).await, 413, "payload_too_large").await;
+
+    assert_error(app.get(&token, "/chat").await, 405, "method_not_allowed").await;
+    assert_error(
+        app.get(&token, "/conversations/not-a-uuid").await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.get(&token, &format!("/conversations/{}", Uuid::new_v4()))
+            .await,
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        app.chat(
+            &token,
+            &json!({"conversation_id": Uuid::new_v4(), "message": "hi"}),
+        )
+        .await,
+        404,
+        "not_found",
+    )
+    .await;
+    // The service's own routes are still there, with their own answers.
+    assert_eq!(
+        client()
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
+
+#[test]
+fn the_dockerfile_builds_the_chat_example_when_asked_and_the_context_carries_it() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let build_stage = dockerfile.split("\nFROM ").nth(1).expect("a build stage");
+    assert!(
+        build_stage.contains("ARG APP="),
+        "the build stage declares APP"
+    );
+    assert!(build_stage.contains("COPY examples/chat ./examples/chat"));
+    assert!(build_stage.contains("cargo build --release --locked --example chat"));
+    assert!(
+        build_stage.contains("install -D target/release/examples/chat /out/supabase-jwt-service")
+    );
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    let lines: Vec<&str> = ignore.lines().map(str::trim).collect();
+    let excluded = lines
+        .iter()
+        .position(|l| *l == "examples/")
+        .expect("examples/ ignored");
+    let included = lines
+        .iter()
+        .position(|l| *l == "!examples/chat/")
+        .expect("chat re-included");
+    assert!(
+        included > excluded,
+        "a re-include only works after the exclusion"
+    );
+}
+
+#[tokio::test]
+async fn chat_migrate_applies_the_services_schema_and_the_chats_on_an_empty_database() {
+    let db = TestDb::empty().await;
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(example_binary())
+        .arg("migrate")
+        .env_clear()
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .env("SUPABASE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run chat migrate");
+    assert!(status.success(), "chat migrate failed: {status}");
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select t from unnest(array['public.users', 'public.conversations', 'public.chat_messages', \
+         'chat_private.request_windows', 'chat_private.token_days']) as t \
+         where to_regclass(t) is not null",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables.len(), 5, "tables present: {tables:?}");
+}
+
+#[tokio::test]
+async fn the_chat_works_through_a_transaction_mode_pooler_with_the_same_quota() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let pooler = format!(
+        "{}?pgbouncer=true",
+        crate::helpers::with_database(&crate::helpers::pgbouncer_url(), &db.name)
+    );
+    // Migrations go to the direct URL; every request goes through PgBouncer.
+    let app = ChatApp::spawn(
+        &pooler,
+        &[("DIRECT_DATABASE_URL", &db.url), RACE_ENV[0], RACE_ENV[1]],
+    );
+    away_from_a_minute_boundary().await;
+    let token = token_for(user);
+
+    let events = Events::new(
+        app.chat(&token, &json!({"message": "through the pooler"}))
+            .await,
+    )
+    .rest()
+    .await;
+    assert_eq!(events.last().unwrap().name, "done", "{events:?}");
+    let conversation: Uuid =
+        serde_json::from_value(events[0].data["conversation_id"].clone()).unwrap();
+    let response = app
+        .chat(
+            &token,
+            &json!({"conversation_id": conversation, "message": "again"}),
+        )
+        .await;
+    assert_eq!(
+        Events::new(response).rest().await.last().unwrap().name,
+        "done"
+    );
+    let list: Value = app
+        .get(&token, "/conversations")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["conversations"].as_array().unwrap().len(), 1);
+    assert_eq!(stored(&db, conversation).await.len(), 4);
+
+    let statuses = race(&[&app], &token, 20).await;
+    assert_eq!(
+        (count(&statuses, 200), count(&statuses, 429)),
+        (3, 17),
+        "2 of 5 spent above: {statuses:?}"
+    );
+}
