@@ -191,10 +191,12 @@ async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
         limits,
         streams: Streams::new(limits.max_streams),
     };
-    // The built-in /healthz and /readyz and the chat routes behind the service's whole stack
-    // (CORS from CORS_ALLOWED_ORIGINS, request ids, spans, metrics, JSON 500 on a panic),
-    // served by its hardened accept loop with its graceful drain.
-    let app = App::new(state).merge(routes::routes(chat));
+    // The built-in /healthz, /readyz, /name and /me and the chat routes behind the service's
+    // whole stack (CORS from CORS_ALLOWED_ORIGINS, request ids, spans, metrics, the request
+    // timeout, JSON 500 on a panic), served by its hardened accept loop and graceful drain.
+    let app = App::new(state)
+        .with_profile_routes()
+        .merge(routes::routes(chat));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
