@@ -17,8 +17,16 @@
 //! gives out only `&mut` borrows of it, never the pooled connection itself. A failed commit
 //! turns the answer into 503 `unavailable`.
 //!
+//! Work that outlives the handler (a streamed answer stored once its body has ended, in a task
+//! of its own) takes a [`UserTx`] instead: [`AppState::db`](crate::AppState::db) then
+//! [`Db::begin_as`], begun the same way and with the same guarantees as a `Tx` (a `Tx` is a
+//! `UserTx` the app's layer settles), but committed or rolled back by you alone.
+//!
 //! **On the embedded SQLite store there is no row-level security.** A `Tx` there is a plain
-//! SQLite transaction, committed and rolled back the same way, and every query must filter by
+//! SQLite transaction (`BEGIN IMMEDIATE`: it takes the write lock when it begins, so concurrent
+//! transactions that read then write queue on `busy_timeout` instead of failing with
+//! `SQLITE_BUSY`; on the embedded store they run one at a time), committed and rolled back the
+//! same way, and every query must filter by
 //! the caller's id itself (`where owner = ?`, with [`Claims::sub`] from the `Claims`
 //! extractor). Write queries that filter by owner on both stores and a route behaves the same
 //! on each; on Postgres the policies then stand behind the filter.
@@ -68,14 +76,15 @@ use uuid::Uuid;
 
 use crate::auth::extractor::log_store_error;
 use crate::auth::{Claims, Verifier};
-use crate::config::{Config, PreparedStatements};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::postgres::quote_literal;
 use crate::store::{Lease, PgStore, StoreError, UserStore, bounded};
 use crate::telemetry::server_timing;
 
 /// The database behind the app's store, shared with the built-in routes: one pool, never a
-/// second. [`UserStore::db`] hands it out, for start-up work such as your own migrations.
+/// second. [`AppState::db`](crate::AppState::db) hands it out, for start-up work such as your
+/// own migrations and for [`Db::begin_as`], a caller's transaction outside the [`Tx`] extractor.
 #[derive(Debug, Clone)]
 pub enum Db {
     /// Postgres: take a [`Tx`] in handlers; [`PgStore::acquire`] for work outside any user.
@@ -85,7 +94,7 @@ pub enum Db {
     Sqlite(SqlitePool),
 }
 
-/// The connection of a [`Tx`], by store, so one handler can serve both.
+/// The connection of a [`Tx`] or a [`UserTx`], by store, so one handler can serve both.
 #[derive(Debug)]
 pub enum Conn<'a> {
     /// Postgres, acting as the caller under row-level security.
@@ -96,17 +105,50 @@ pub enum Conn<'a> {
 }
 
 /// A transaction acting as the verified caller (see the [module docs](self)). Take it as a
-/// handler argument; run queries on [`Tx::pg`] or [`Tx::conn`].
+/// handler argument; run queries on [`Tx::pg`] or [`Tx::conn`]. It is a [`UserTx`] that the
+/// app's layer settles when the handler has not.
 #[derive(Debug)]
 pub struct Tx {
     // `Some` for as long as the `Tx` exists: only `commit` and `rollback` take it, and both
     // consume the `Tx`. The guard goes back to the request's slot on drop, where the app's
     // layer settles whatever is left.
-    slot: OwnedMutexGuard<Option<Open>>,
+    slot: OwnedMutexGuard<Option<UserTx>>,
 }
 
+/// A transaction acting as the verified caller that you begin with [`Db::begin_as`] and end
+/// yourself: for work outside one request's handler, such as a stream that stores what it
+/// sent once its body has ended, in a task of its own. It is begun exactly as a [`Tx`] is (the
+/// same message, the same bounds, the same session check; a `Tx` is one of these inside), but
+/// nothing settles it for you: call [`commit`](Self::commit) or [`rollback`](Self::rollback).
+/// One dropped while open is never reused: on Postgres its connection is closed, which ends
+/// the transaction on the server; on SQLite it is rolled back.
+///
+/// ```
+/// use supabase_jwt_service::{ApiError, AppState, Claims, Conn};
+///
+/// /// Records that the caller finished something, after the answer went out.
+/// async fn record_later(state: AppState, claims: Claims) -> Result<(), ApiError> {
+///     let mut tx = state.db()?.begin_as(&claims).await?;
+///     match tx.conn() {
+///         // `auth.uid()` is the caller here: the policies decide.
+///         Conn::Postgres(conn) => {
+///             sqlx::query("insert into public.done (owner) values (auth.uid())")
+///                 .execute(conn)
+///                 .await?;
+///         }
+/// #       #[cfg(feature = "sqlite")]
+///         Conn::Sqlite(conn) => {
+///             sqlx::query("insert into done (owner) values (?1)")
+///                 .bind(claims.sub.to_string())
+///                 .execute(conn)
+///                 .await?;
+///         }
+///     }
+///     tx.commit().await
+/// }
+/// ```
 #[derive(Debug)]
-pub(crate) struct Open {
+pub struct UserTx {
     conn: OpenConn,
     timeout: Duration,
 }
@@ -120,9 +162,22 @@ enum OpenConn {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
 }
 
+/// How a caller's transaction begins on a Postgres store, from its configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TxSettings {
+    /// `DB_RLS`: switch to the token's role.
+    pub(crate) rls: bool,
+    /// sqlx's statement cache is off, so the backend's prepared statements are dropped first.
+    pub(crate) wipe_statements: bool,
+    /// `SESSION_CHECK`.
+    pub(crate) session_check: bool,
+    /// `DB_TIMEOUT_SECONDS`.
+    pub(crate) timeout: Duration,
+}
+
 /// Where a request's transaction waits for the app's layer, in the request extensions.
 #[derive(Debug, Clone)]
-struct TxSlot(Arc<Mutex<Option<Open>>>);
+struct TxSlot(Arc<Mutex<Option<UserTx>>>);
 
 impl Tx {
     /// The connection, by store.
@@ -134,23 +189,14 @@ impl Tx {
     /// `sqlx::query_as(…).fetch_all(tx.pg()?)`. On the embedded store it answers 500
     /// `internal` and logs why.
     pub fn pg(&mut self) -> Result<&mut PgConnection, ApiError> {
-        match &mut self.open().conn {
-            OpenConn::Postgres(lease) => Ok(lease),
-            #[cfg(feature = "sqlite")]
-            OpenConn::Sqlite(_) => {
-                tracing::error!(
-                    "this route calls Tx::pg, which needs a Postgres DATABASE_URL; use Tx::conn to serve the embedded store too"
-                );
-                Err(ApiError::Internal)
-            }
-        }
+        self.open().pg()
     }
 
     /// Commits now (the answer is then yours to choose, an error included). A failure is
     /// 503 `unavailable`.
     pub async fn commit(mut self) -> Result<(), ApiError> {
         match self.slot.take() {
-            Some(open) => open.end(true).await,
+            Some(open) => open.commit().await,
             None => Ok(()),
         }
     }
@@ -158,19 +204,19 @@ impl Tx {
     /// Rolls back now.
     pub async fn rollback(mut self) -> Result<(), ApiError> {
         match self.slot.take() {
-            Some(open) => open.end(false).await,
+            Some(open) => open.rollback().await,
             None => Ok(()),
         }
     }
 
-    fn open(&mut self) -> &mut Open {
+    fn open(&mut self) -> &mut UserTx {
         self.slot.as_mut().expect("a live Tx holds its transaction")
     }
 }
 
-impl Open {
+impl UserTx {
     /// The connection, by store.
-    pub(crate) fn conn(&mut self) -> Conn<'_> {
+    pub fn conn(&mut self) -> Conn<'_> {
         match &mut self.conn {
             OpenConn::Postgres(lease) => Conn::Postgres(lease),
             #[cfg(feature = "sqlite")]
@@ -178,10 +224,37 @@ impl Open {
         }
     }
 
+    /// The Postgres connection, for work that needs Postgres. On the embedded store it is
+    /// 500 `internal`, and the log says why.
+    pub fn pg(&mut self) -> Result<&mut PgConnection, ApiError> {
+        match &mut self.conn {
+            OpenConn::Postgres(lease) => Ok(lease),
+            #[cfg(feature = "sqlite")]
+            OpenConn::Sqlite(_) => {
+                tracing::error!(
+                    "this route needs a Postgres DATABASE_URL (Tx::pg or UserTx::pg); use conn() to serve the embedded store too"
+                );
+                Err(ApiError::Internal)
+            }
+        }
+    }
+
+    /// Commits, within `DB_TIMEOUT_SECONDS`. A failure is 503 `unavailable`, and the
+    /// transaction is then rolled back (its connection closed on Postgres).
+    pub async fn commit(self) -> Result<(), ApiError> {
+        self.end(true).await
+    }
+
+    /// Rolls back, within `DB_TIMEOUT_SECONDS`. Should that fail, the connection is closed,
+    /// which rolls back too.
+    pub async fn rollback(self) -> Result<(), ApiError> {
+        self.end(false).await
+    }
+
     /// Commits or rolls back within the store's timeout, then hands the connection back. On
     /// any failure the connection is dropped instead: closed on Postgres (which ends the
     /// transaction there), rolled back by sqlx on SQLite.
-    pub(crate) async fn end(self, commit: bool) -> Result<(), ApiError> {
+    async fn end(self, commit: bool) -> Result<(), ApiError> {
         let started = Instant::now();
         let result = match self.conn {
             OpenConn::Postgres(mut lease) => {
@@ -241,38 +314,77 @@ where
                 return Err(ApiError::Internal);
             }
         };
-        let store = Arc::<dyn UserStore>::from_ref(state);
-        let config = Arc::<Config>::from_ref(state);
-        let Some(db) = store.db() else {
-            tracing::error!("Tx needs a store backed by Postgres or SQLite");
-            return Err(ApiError::Internal);
-        };
-        *slot = Some(begin(&db, &claims, &config).await?);
+        let db = Db::of(&*Arc::<dyn UserStore>::from_ref(state))?;
+        *slot = Some(db.begin_as(&claims).await?);
         Ok(Tx { slot })
     }
 }
 
-/// Opens the caller's transaction on `db`, bounded by `DB_TIMEOUT_SECONDS` as a whole.
-pub(crate) async fn begin(db: &Db, claims: &Claims, config: &Config) -> Result<Open, ApiError> {
-    let timeout = config.db_timeout;
-    let started = Instant::now();
-    let result = match db {
-        Db::Postgres(pg) => bounded(timeout, begin_postgres(pg, claims, config))
-            .await
-            .map(OpenConn::Postgres),
-        #[cfg(feature = "sqlite")]
-        Db::Sqlite(pool) => bounded(timeout, async {
-            pool.begin().await.map_err(StoreError::unavailable)
+impl Db {
+    /// The store's database, or 500 `internal` (logged) for a store backed by neither.
+    pub(crate) fn of(store: &dyn UserStore) -> Result<Db, ApiError> {
+        store.db().ok_or_else(|| {
+            tracing::error!("a caller's transaction needs a store backed by Postgres or SQLite");
+            ApiError::Internal
         })
-        .await
-        .map(OpenConn::Sqlite),
-    };
-    server_timing::add_db(started.elapsed());
-    match result {
-        Ok(conn) => Ok(Open { conn, timeout }),
-        Err(e) => {
-            log_store_error(&e);
-            Err(e.into())
+    }
+
+    /// Begins a transaction acting as `claims`' user, exactly as the [`Tx`] extractor does:
+    /// on Postgres one message sets the role and `request.jwt.claims` transaction-locally,
+    /// bounds each statement by `statement_timeout`, checks the session when `SESSION_CHECK`
+    /// is on (401 `invalid_token` for an ended one) and begins; waiting for a connection and
+    /// beginning take at most `DB_TIMEOUT_SECONDS`, else 503 `unavailable`. On the embedded
+    /// store it is `BEGIN IMMEDIATE`, with the pool's acquire timeout (`DB_TIMEOUT_SECONDS`)
+    /// as its bound. End it with [`UserTx::commit`] or [`UserTx::rollback`].
+    pub async fn begin_as(&self, claims: &Claims) -> Result<UserTx, ApiError> {
+        self.begin(claims, true).await
+    }
+
+    /// [`begin_as`](Self::begin_as), for a transaction that only reads when `for_writes` is
+    /// false: on SQLite it then begins deferred, so it never waits for a writer's lock (a
+    /// handler holding a `Tx` while its profile loads would otherwise wait for itself).
+    pub(crate) async fn begin(
+        &self,
+        claims: &Claims,
+        for_writes: bool,
+    ) -> Result<UserTx, ApiError> {
+        // Only SQLite takes its write lock up front; Postgres locks rows as it writes them.
+        #[cfg(not(feature = "sqlite"))]
+        let _ = for_writes;
+        let started = Instant::now();
+        let (timeout, begun) = match self {
+            Db::Postgres(pg) => {
+                let settings = pg.tx_settings();
+                let begun = bounded(settings.timeout, begin_postgres(pg, claims, settings)).await;
+                (settings.timeout, begun.map(OpenConn::Postgres))
+            }
+            #[cfg(feature = "sqlite")]
+            Db::Sqlite(pool) => {
+                let timeout = pool.options().get_acquire_timeout();
+                // IMMEDIATE takes the write lock at once: two transactions that read and then
+                // write queue on `busy_timeout`, where deferred ones would fail at the first
+                // write with SQLITE_BUSY when another wrote since their read.
+                let begun = bounded(timeout, async {
+                    let begin = if for_writes {
+                        "BEGIN IMMEDIATE"
+                    } else {
+                        "BEGIN"
+                    };
+                    pool.begin_with(begin)
+                        .await
+                        .map_err(StoreError::unavailable)
+                })
+                .await;
+                (timeout, begun.map(OpenConn::Sqlite))
+            }
+        };
+        server_timing::add_db(started.elapsed());
+        match begun {
+            Ok(conn) => Ok(UserTx { conn, timeout }),
+            Err(e) => {
+                log_store_error(&e);
+                Err(e.into())
+            }
         }
     }
 }
@@ -280,9 +392,9 @@ pub(crate) async fn begin(db: &Db, claims: &Claims, config: &Config) -> Result<O
 async fn begin_postgres(
     pg: &PgStore,
     claims: &Claims,
-    config: &Config,
+    settings: TxSettings,
 ) -> Result<Lease, StoreError> {
-    let session = if config.session_check {
+    let session = if settings.session_check {
         Some(claims.session_id.ok_or(StoreError::SessionEnded)?)
     } else {
         None
@@ -295,15 +407,14 @@ async fn begin_postgres(
     // `sqlx::query` in the handler leaves a named statement on the server (see `begin_sql`),
     // so the slate is wiped first; the store's own prepared read goes with it and is
     // prepared again by the connection's next read.
-    let wipe_statements = config.prepared_statements != PreparedStatements::On;
     let sql = begin_sql(
-        config.db_rls,
+        settings.rls,
         claims,
         session,
-        config.db_timeout,
-        wipe_statements,
+        settings.timeout,
+        settings.wipe_statements,
     );
-    if wipe_statements {
+    if settings.wipe_statements {
         lease.set_prepared_read(None);
     }
     let rows = sqlx::raw_sql(AssertSqlSafe(sql))

@@ -30,7 +30,7 @@ use tokio::net::TcpListener;
 pub use app::App;
 pub use auth::{Claims, ValidUser, Verifier};
 pub use config::{Config, ConfigError};
-pub use db::{Conn, Db, Tx};
+pub use db::{Conn, Db, Tx, UserTx};
 pub use error::ApiError;
 pub use routes::router;
 pub use server::serve;

@@ -47,3 +47,13 @@ impl std::fmt::Debug for AppState {
             .finish_non_exhaustive()
     }
 }
+
+impl AppState {
+    /// The database behind the store, the pool the built-in routes use: for
+    /// [`Db::begin_as`](crate::Db::begin_as) outside a handler's [`Tx`](crate::Tx) (a task
+    /// that outlives the request, say) and for start-up work such as your own migrations.
+    /// 500 `internal`, logged, for a store backed by neither Postgres nor SQLite.
+    pub fn db(&self) -> Result<crate::Db, crate::ApiError> {
+        crate::Db::of(&*self.store)
+    }
+}

@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 use sqlx::{PgConnection, Row, SqliteConnection};
+use supabase_jwt_service::Conn;
 use uuid::Uuid;
 
-use crate::db::Conn;
 use crate::upstream::Message;
 
 /// How many earlier messages of a conversation are sent upstream with the new one.
@@ -65,7 +65,7 @@ fn title_of(message: &str) -> String {
 pub async fn list(conn: Conn<'_>, user: Uuid) -> Result<Vec<ConversationSummary>, sqlx::Error> {
     let rows = match conn {
         // No owner filter: RLS returns the caller's rows only (tested).
-        Conn::Pg(conn) => sqlx::query(
+        Conn::Postgres(conn) => sqlx::query(
             "select id, title, to_json(updated_at) #>> '{}' as updated_at \
                  from public.conversations order by updated_at desc limit $1",
         )
@@ -118,7 +118,7 @@ pub async fn messages(
     id: Uuid,
 ) -> Result<Option<Vec<StoredMessage>>, sqlx::Error> {
     match conn {
-        Conn::Pg(conn) => pg_messages(conn, id, i64::MAX).await,
+        Conn::Postgres(conn) => pg_messages(conn, id, i64::MAX).await,
         Conn::Sqlite(conn) => sqlite_messages(conn, user, id, i64::MAX).await,
     }
 }
@@ -131,7 +131,7 @@ pub async fn earlier(
     id: Uuid,
 ) -> Result<Option<Vec<Message>>, sqlx::Error> {
     let stored = match conn {
-        Conn::Pg(conn) => pg_messages(conn, id, MAX_EARLIER_MESSAGES).await?,
+        Conn::Postgres(conn) => pg_messages(conn, id, MAX_EARLIER_MESSAGES).await?,
         Conn::Sqlite(conn) => sqlite_messages(conn, user, id, MAX_EARLIER_MESSAGES).await?,
     };
     Ok(stored.map(|messages| {
@@ -229,7 +229,7 @@ async fn sqlite_messages(
 pub async fn store(conn: Conn<'_>, user: Uuid, turn: &Turn<'_>) -> Result<(), sqlx::Error> {
     let title = title_of(turn.question);
     match conn {
-        Conn::Pg(conn) => {
+        Conn::Postgres(conn) => {
             // `owner` defaults to auth.uid(); the insert policy checks it again.
             sqlx::query(
                 "insert into public.conversations (id, title) values ($1, $2) \

@@ -16,17 +16,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use axum::http::{HeaderName, Method, header};
-use axum::response::IntoResponse;
 use clap::Parser;
 use supabase_jwt_service::config::{Config, RawConfig};
-use supabase_jwt_service::{ApiError, build_state, log_startup, shutdown_signal, telemetry};
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
+use supabase_jwt_service::{
+    App, build_state, log_startup, serve, shutdown_signal, spawn_metrics_listener, telemetry,
+};
 
-use crate::db::{ChatDb, DbTimeout};
 use crate::local::LocalModel;
 use crate::quota::{Limits, Streams};
 use crate::routes::ChatState;
@@ -165,17 +160,20 @@ async fn migrate_all(config: &Config) -> Result<(), String> {
     supabase_jwt_service::migrate(config)
         .await
         .map_err(|e| e.to_string())?;
-    ChatDb::open(config).await?;
+    db::migrate(config, None).await?;
     tracing::info!("chat migrations applied");
     Ok(())
 }
 
 async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
     let model = model(&args)?;
-    let db = ChatDb::open(&config).await?;
-    let db_timeout = DbTimeout(config.db_timeout);
-    let app = build_state(config).await.map_err(|e| e.to_string())?;
-    let config = app.config.clone();
+    let state = build_state(config).await.map_err(|e| e.to_string())?;
+    let config = state.config.clone();
+    // The chat's tables, on the app's own database: the same pool serves every route.
+    db::migrate(&config, Some(&state.db().map_err(|e| e.to_string())?)).await?;
+    spawn_metrics_listener(&state)
+        .await
+        .map_err(|e| e.to_string())?;
     let limits = Limits {
         requests_per_minute: args.chat_rpm,
         anonymous_requests_per_minute: args.chat_anon_rpm,
@@ -189,32 +187,16 @@ async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
         }
     }
     let chat = ChatState {
-        app: app.clone(),
-        db,
         model,
         limits,
         streams: Streams::new(limits.max_streams),
-        db_timeout,
     };
-
-    // TEMPORARY until the library's `App::new(state).merge(routes)` + `serve` land: the
-    // built-in routes keep their own stack, and the chat routes get the pieces of it a browser
-    // and an operator need (CORS with POST, no Authorization in logs, a JSON answer on a
-    // panic, a span per request), served by axum's own loop.
-    let chat_routes = routes::routes(chat)
-        .layer(CatchPanicLayer::custom(
-            |_panic: Box<dyn std::any::Any + Send>| {
-                tracing::error!("handler panicked");
-                ApiError::Internal.into_response()
-            },
-        ))
-        .layer(cors(&config))
-        .layer(TraceLayer::new_for_http())
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::COOKIE,
-        ]));
-    let router = supabase_jwt_service::router(app).merge(chat_routes);
+    // The built-in /healthz, /readyz, /name and /me and the chat routes behind the service's
+    // whole stack (CORS from CORS_ALLOWED_ORIGINS, request ids, spans, metrics, the request
+    // timeout, JSON 500 on a panic), served by its hardened accept loop and graceful drain.
+    let app = App::new(state)
+        .with_profile_routes()
+        .merge(routes::routes(chat));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -223,26 +205,7 @@ async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
     log_startup(&config, addr);
     // Tests and scripts read the bound address (PORT=0) from this line.
     println!("chat listening on http://{addr}");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+    serve(listener, app, shutdown_signal())
         .await
         .map_err(|e| e.to_string())
-}
-
-fn cors(config: &Config) -> CorsLayer {
-    let origins = if config.cors_origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(config.cors_origins.clone())
-    };
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
-        .expose_headers([
-            header::WWW_AUTHENTICATE,
-            header::RETRY_AFTER,
-            HeaderName::from_static("x-request-id"),
-        ])
-        .max_age(Duration::from_secs(600))
 }

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sqlx::{PgConnection, SqliteConnection};
-use supabase_jwt_service::{ApiError, Claims};
+use supabase_jwt_service::{ApiError, Claims, Conn};
 use uuid::Uuid;
 
-use crate::db::{Conn, unavailable};
+use crate::db::unavailable;
 
 /// Anonymous users refused outright (`CHAT_ANON_RPM=0`).
 pub const ANONYMOUS_REFUSED: ApiError = ApiError::custom(
@@ -55,7 +55,7 @@ pub async fn admit(
     tokens_per_day: u64,
 ) -> Result<(), ApiError> {
     let wait = match conn {
-        Conn::Pg(conn) => admit_pg(conn, rpm, tokens_per_day).await,
+        Conn::Postgres(conn) => admit_pg(conn, rpm, tokens_per_day).await,
         Conn::Sqlite(conn) => admit_sqlite(conn, user, rpm, tokens_per_day).await,
     }
     .map_err(unavailable)?;
@@ -127,7 +127,7 @@ async fn admit_sqlite(
 pub async fn add_tokens(conn: Conn<'_>, user: Uuid, tokens: u64) -> Result<(), sqlx::Error> {
     let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
     match conn {
-        Conn::Pg(conn) => {
+        Conn::Postgres(conn) => {
             sqlx::query("select chat_private.add_tokens($1)")
                 .bind(tokens)
                 .persistent(false)

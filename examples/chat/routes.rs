@@ -2,25 +2,23 @@
 //! `GET /conversations/{id}`; every error in the service's `{"error", "message"}` shape.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
-use axum::Json;
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRef, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use supabase_jwt_service::{ApiError, AppState, Claims, Verifier};
+use supabase_jwt_service::{ApiError, AppState, Claims, Tx, UserTx};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use crate::db::{ChatDb, ChatTx, DbTimeout, bounded, unavailable};
+use crate::db::{bounded, unavailable};
 use crate::history::{self, Turn};
 use crate::quota::{self, Limits, StreamSlot, Streams};
 use crate::upstream::{Answer, Message, Model, Piece, StreamError, Usage};
@@ -44,37 +42,26 @@ const INVALID_CHAT_BODY: ApiError = ApiError::custom(
 const NO_SUCH_CONVERSATION: ApiError =
     ApiError::custom(StatusCode::NOT_FOUND, "not_found", "no such conversation");
 
-/// What the chat's handlers need.
+/// What the chat's handlers need besides the app's state (verifier, configuration, the
+/// database), which they take as `State<AppState>`.
 #[derive(Clone)]
 pub struct ChatState {
-    /// The service's state (verifier, configuration).
-    pub app: AppState,
-    /// Where conversations and quotas live.
-    pub db: ChatDb,
     /// The model.
     pub model: Model,
     /// Quota limits.
     pub limits: Limits,
     /// Streams in flight per user.
     pub streams: Streams,
-    /// Bound on each database step (`DB_TIMEOUT_SECONDS`).
-    pub db_timeout: DbTimeout,
 }
 
-impl FromRef<ChatState> for Arc<Verifier> {
-    fn from_ref(state: &ChatState) -> Self {
-        state.app.verifier.clone()
-    }
-}
-
-/// The chat routes.
-pub fn routes(state: ChatState) -> Router {
+/// The chat routes, to merge into the library's `App` (which puts them behind the service's
+/// whole stack and its JSON 404 and 405 answers).
+pub fn routes(chat: ChatState) -> Router<AppState> {
     Router::new()
         .route("/chat", post(post_chat))
         .route("/conversations", get(list_conversations))
         .route("/conversations/{id}", get(get_conversation))
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .with_state(state)
+        .layer(Extension(chat))
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,7 +104,8 @@ async fn read_request(headers: &HeaderMap, body: Body) -> Result<ChatRequest, Ap
 /// `POST /chat`: admits the request (stream slot, then the database quota), loads the
 /// conversation's earlier messages, starts the model, and streams its answer as it arrives.
 async fn post_chat(
-    State(chat): State<ChatState>,
+    State(app): State<AppState>,
+    Extension(chat): Extension<ChatState>,
     claims: Claims,
     headers: HeaderMap,
     body: Body,
@@ -127,8 +115,12 @@ async fn post_chat(
     let rpm = chat.limits.requests_per_minute(&claims)?;
     let slot = chat.streams.try_acquire(user)?;
 
-    let mut messages = bounded(chat.db_timeout, async {
-        let mut tx = chat.db.begin(&claims).await?;
+    // Not a `Tx`: that one would be settled when the response head goes out, while the quota
+    // row must be committed before the model is called, and the turn is stored by a task that
+    // outlives this handler.
+    let db = app.db()?;
+    let mut messages = bounded(app.config.db_timeout, async {
+        let mut tx = db.begin_as(&claims).await?;
         match admit(&mut tx, &chat, user, rpm, request.conversation_id).await {
             Ok(earlier) => {
                 // Committed at once: the quota row stays locked until then, and a lock held
@@ -137,7 +129,8 @@ async fn post_chat(
                 Ok(earlier)
             }
             Err(e) => {
-                tx.rollback().await;
+                // A failed rollback closed the connection, which rolled back too.
+                let _ = tx.rollback().await;
                 Err(e)
             }
         }
@@ -157,7 +150,7 @@ async fn post_chat(
     tokio::spawn(relay(Relay {
         answer,
         frames,
-        chat,
+        app,
         claims,
         conversation_id,
         question: request.message,
@@ -180,7 +173,7 @@ async fn post_chat(
 /// In the admission transaction: the earlier messages (404 when the conversation is not the
 /// caller's), then the quota, so a refused conversation costs no quota.
 async fn admit(
-    tx: &mut ChatTx,
+    tx: &mut UserTx,
     chat: &ChatState,
     user: Uuid,
     rpm: u32,
@@ -206,7 +199,7 @@ fn frame(event: &str, data: &Value) -> Bytes {
 struct Relay {
     answer: Answer,
     frames: mpsc::Sender<Bytes>,
-    chat: ChatState,
+    app: AppState,
     claims: Claims,
     conversation_id: Uuid,
     question: String,
@@ -230,7 +223,7 @@ async fn relay(relay: Relay) {
     let Relay {
         mut answer,
         frames,
-        chat,
+        app,
         claims,
         conversation_id,
         question,
@@ -275,8 +268,10 @@ async fn relay(relay: Relay) {
         incomplete: ending != Ending::Complete,
     };
     let user = claims.sub.uuid();
-    let stored = bounded(chat.db_timeout, async {
-        let mut tx = chat.db.begin(&claims).await?;
+    // The same pool and the same caller's transaction as the handlers', begun here because
+    // the request's own ended when the response head went out.
+    let stored = bounded(app.config.db_timeout, async {
+        let mut tx = app.db()?.begin_as(&claims).await?;
         history::store(tx.conn(), user, &turn)
             .await
             .map_err(unavailable)?;
@@ -306,17 +301,16 @@ async fn relay(relay: Relay) {
     let _ = frames.send(last).await;
 }
 
-/// `GET /conversations`: the caller's conversations, most recent first.
+/// `GET /conversations`: the caller's conversations, most recent first. The app commits the
+/// `Tx` (read only) when the answer is 2xx.
 async fn list_conversations(
-    State(chat): State<ChatState>,
+    State(app): State<AppState>,
     claims: Claims,
+    mut tx: Tx,
 ) -> Result<Response, ApiError> {
     let user = claims.sub.uuid();
-    let conversations = bounded(chat.db_timeout, async {
-        let mut tx = chat.db.begin(&claims).await?;
-        let list = history::list(tx.conn(), user).await.map_err(unavailable)?;
-        tx.commit().await?;
-        Ok(list)
+    let conversations = bounded(app.config.db_timeout, async {
+        history::list(tx.conn(), user).await.map_err(unavailable)
     })
     .await?;
     Ok(no_store(Json(json!({ "conversations": conversations }))))
@@ -325,22 +319,20 @@ async fn list_conversations(
 /// `GET /conversations/{id}`: one of the caller's conversations with its messages; another
 /// user's, or an unknown id, is 404.
 async fn get_conversation(
-    State(chat): State<ChatState>,
+    State(app): State<AppState>,
     claims: Claims,
     id: Result<Path<String>, PathRejection>,
+    mut tx: Tx,
 ) -> Result<Response, ApiError> {
     let id = id
         .ok()
         .and_then(|Path(id)| Uuid::try_parse(&id).ok())
         .ok_or(NO_SUCH_CONVERSATION)?;
     let user = claims.sub.uuid();
-    let messages = bounded(chat.db_timeout, async {
-        let mut tx = chat.db.begin(&claims).await?;
-        let messages = history::messages(tx.conn(), user, id)
+    let messages = bounded(app.config.db_timeout, async {
+        history::messages(tx.conn(), user, id)
             .await
-            .map_err(unavailable)?;
-        tx.commit().await?;
-        Ok(messages)
+            .map_err(unavailable)
     })
     .await?
     .ok_or(NO_SUCH_CONVERSATION)?;

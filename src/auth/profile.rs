@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::Claims;
 use super::extractor::log_store_error;
 use crate::config::Config;
-use crate::db::{Conn, begin};
+use crate::db::Conn;
 use crate::error::ApiError;
 use crate::store::{UserRow, UserStore};
 
@@ -83,7 +83,7 @@ async fn load_with_select<P: Profile>(
         tracing::error!("a Profile's SELECT needs a store backed by Postgres or SQLite");
         return Err(ApiError::Internal);
     };
-    let mut open = begin(&db, claims, config).await?;
+    let mut open = db.begin(claims, false).await?;
     // The server's statement_timeout bounds the query too; this bounds a frozen server.
     let row = tokio::time::timeout(config.db_timeout, async {
         match open.conn() {
@@ -107,7 +107,7 @@ async fn load_with_select<P: Profile>(
         tracing::warn!(target: "supabase_jwt_service::store", "profile query: no answer in time");
         ApiError::Unavailable
     })??;
-    open.end(true).await?;
+    open.commit().await?;
     Ok(row)
 }
 

@@ -318,6 +318,16 @@ impl PgStore {
         &self.pool
     }
 
+    /// How a caller's transaction on this store begins (see [`crate::db`]).
+    pub(crate) fn tx_settings(&self) -> crate::db::TxSettings {
+        crate::db::TxSettings {
+            rls: self.rls,
+            wipe_statements: self.prepared != PreparedStatements::On,
+            session_check: self.session_check,
+            timeout: self.timeout,
+        }
+    }
+
     /// True once a read found that the connection does not keep its server between
     /// transactions (a transaction-mode pooler such as PgBouncer or Supavisor on 6543), so
     /// that reads now carry their SQL inline. Always false unless `DB_PREPARED_STATEMENTS` is

@@ -1061,3 +1061,181 @@ async fn the_chat_works_through_a_transaction_mode_pooler_with_the_same_quota() 
         "2 of 5 spent above: {statuses:?}"
     );
 }
+
+/// Backends the app (every pool it opened: they all connect as `supabase-jwt-service`) holds on
+/// this test's database.
+async fn app_backends(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity \
+         where datname = $1 and application_name = 'supabase-jwt-service'",
+    )
+    .bind(&db.name)
+    .fetch_one(&db.pool)
+    .await
+    .expect("count backends")
+}
+
+#[tokio::test]
+async fn twenty_concurrent_streams_and_the_built_in_routes_share_one_pool_of_db_max_connections() {
+    let users: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let db = seeded_db(&users).await;
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("DB_MAX_CONNECTIONS", "2"),
+            ("CHAT_LOCAL_DELAY_MS", "40"),
+            ("CHAT_RPM", "100"),
+        ],
+    );
+    let message = "one two three four five six seven eight nine ten eleven twelve";
+    let mut streams = Vec::new();
+    for user in &users {
+        let (url, token) = (app.url("/chat"), token_for(*user));
+        streams.push(tokio::spawn(async move {
+            let response = client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({ "message": message }))
+                .send()
+                .await
+                .expect("POST /chat");
+            assert_eq!(response.status(), 200);
+            Events::new(response).rest().await
+        }));
+    }
+    // The built-in routes at the same time: /readyz reads through the store's pool, which a
+    // second pool of the example's own would leave to open backends of its own.
+    let mut probes = Vec::new();
+    for _ in 0..20 {
+        let url = app.url("/readyz");
+        probes.push(tokio::spawn(async move {
+            client()
+                .get(url)
+                .send()
+                .await
+                .expect("GET /readyz")
+                .status()
+        }));
+    }
+    let mut peak = 0;
+    // Sampled while the streams run: 12 words at 40 ms each is about 0.5 s per stream, and
+    // the bound (at most 30 s) only stops a hung example from hanging the test.
+    for _ in 0..600 {
+        peak = peak.max(app_backends(&db).await);
+        if streams.iter().all(|s| s.is_finished()) && probes.iter().all(|p| p.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for probe in probes {
+        assert_eq!(probe.await.expect("probe task"), 200);
+    }
+    for stream in streams {
+        let events = stream.await.expect("stream task");
+        assert_eq!(events.last().expect("events").name, "done", "{events:?}");
+        assert_eq!(text_of(&events), message);
+    }
+    peak = peak.max(app_backends(&db).await);
+    assert!(peak >= 1, "the app used the database");
+    assert!(
+        peak <= 2,
+        "{peak} backends for DB_MAX_CONNECTIONS=2: the example opened a pool of its own"
+    );
+    let turns: i64 = sqlx::query_scalar("select count(*) from public.chat_messages")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(turns, 40, "every turn stored, question and answer");
+}
+
+#[tokio::test]
+async fn a_stream_longer_than_request_timeout_seconds_completes_and_is_stored() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    // 15 words at 150 ms each: over 2 s of streaming against a 1 s request timeout, which
+    // bounds the time to the response head only.
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("REQUEST_TIMEOUT_SECONDS", "1"),
+            ("CHAT_LOCAL_DELAY_MS", "150"),
+        ],
+    );
+    let message = "a b c d e f g h i j k l m n o";
+    let started = std::time::Instant::now();
+    let response = app
+        .chat(&token_for(user), &json!({ "message": message }))
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = Events::new(response).rest().await;
+    assert!(
+        started.elapsed() > Duration::from_secs(1),
+        "the stream must outlast REQUEST_TIMEOUT_SECONDS for this test to mean anything"
+    );
+    assert_eq!(events.last().expect("events").name, "done", "{events:?}");
+    assert_eq!(text_of(&events), message);
+    let conversation: Uuid =
+        serde_json::from_value(events[0].data["conversation_id"].clone()).unwrap();
+    let stored = stored(&db, conversation).await;
+    assert_eq!(stored.len(), 2);
+    assert!(!stored[1].2, "stored complete");
+}
+
+#[tokio::test]
+async fn the_chat_routes_get_the_services_stack_cors_request_ids_and_json_fallbacks() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let origin = "http://localhost:3000";
+    let app = ChatApp::spawn(&db.url, &[("CORS_ALLOWED_ORIGINS", origin)]);
+
+    let preflight = client()
+        .request(reqwest::Method::OPTIONS, app.url("/chat"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(preflight.headers()["access-control-allow-origin"], origin);
+    let methods = preflight.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_ascii_uppercase();
+    assert!(methods.contains("POST"), "{methods}");
+
+    // A request id on the stream and on an error, which carries CORS too.
+    let response = client()
+        .post(app.url("/chat"))
+        .header("origin", origin)
+        .bearer_auth(token_for(user))
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(response.headers()["access-control-allow-origin"], origin);
+    let _ = Events::new(response).rest().await;
+    let unauthorized = client()
+        .get(app.url("/conversations"))
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    assert!(unauthorized.headers().contains_key("x-request-id"));
+    assert_eq!(
+        unauthorized.headers()["access-control-allow-origin"],
+        origin
+    );
+    assert_error(unauthorized, 401, "missing_token").await;
+    assert_error(
+        client().get(app.url("/nowhere")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+}

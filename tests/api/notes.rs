@@ -792,3 +792,145 @@ async fn tx_waits_at_most_db_timeout_for_a_connection_then_503() {
     // The pool recovers alone: the next request gets the connection.
     assert_eq!(app.get("/unfiltered", &token_for(bob)).await.status(), 200);
 }
+
+/// Routes that take a `UserTx` from the state, as work outside the `Tx` extractor does.
+fn user_tx_routes() -> Router<AppState> {
+    use axum::extract::State;
+
+    async fn commit(
+        State(state): State<AppState>,
+        claims: Claims,
+    ) -> Result<axum::Json<Value>, ApiError> {
+        let mut tx = state.db()?.begin_as(&claims).await?;
+        let (role, uid): (String, Option<String>) =
+            sqlx::query_as("select current_user::text, auth.uid()::text")
+                .fetch_one(tx.pg()?)
+                .await?;
+        sqlx::query("insert into public.notes (owner, body) values ($1, 'user tx committed')")
+            .bind(claims.sub.uuid())
+            .execute(tx.pg()?)
+            .await?;
+        tx.commit().await?;
+        Ok(axum::Json(json!({"role": role, "uid": uid})))
+    }
+    async fn dropped(
+        State(state): State<AppState>,
+        claims: Claims,
+    ) -> Result<StatusCode, ApiError> {
+        let mut tx = state.db()?.begin_as(&claims).await?;
+        sqlx::query("insert into public.notes (owner, body) values ($1, 'user tx dropped')")
+            .bind(claims.sub.uuid())
+            .execute(tx.pg()?)
+            .await?;
+        // Neither committed nor rolled back, and the answer is 2xx: nothing settles a UserTx.
+        drop(tx);
+        Ok(StatusCode::OK)
+    }
+    async fn later(State(state): State<AppState>, claims: Claims) -> Result<StatusCode, ApiError> {
+        let db = state.db()?;
+        tokio::spawn(async move {
+            // After the answer went out, as the chat stores a streamed turn.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut tx = db.begin_as(&claims).await.expect("begin as the caller");
+            sqlx::query("insert into public.notes (body) values ('user tx later')")
+                .execute(tx.pg().expect("postgres"))
+                .await
+                .expect("insert, owner from auth.uid()");
+            tx.commit().await.expect("commit");
+        });
+        Ok(StatusCode::ACCEPTED)
+    }
+    Router::new()
+        .route("/user-tx/commit", get(commit))
+        .route("/user-tx/dropped", get(dropped))
+        .route("/user-tx/later", get(later))
+}
+
+#[tokio::test]
+async fn user_tx_runs_as_the_caller_outside_the_request_and_a_dropped_one_is_never_reused() {
+    let (db, alice, bob) = notes_db().await;
+    // One connection: every request below reuses whatever the previous one left.
+    let config = config_with(&db.url, |raw| raw.db_max_connections = Some("1".into()));
+    let state = build_state(config).await.expect("state");
+    let app = Served::start(
+        App::new(state)
+            .merge(probe_routes())
+            .merge(user_tx_routes()),
+    )
+    .await;
+
+    let me: Value = app
+        .get("/user-tx/commit", &token_for(alice))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        (me["role"].as_str(), me["uid"].as_str()),
+        (Some("authenticated"), Some(alice.to_string().as_str()))
+    );
+    assert_eq!(count_notes(&db, "user tx committed").await, 1);
+
+    assert_eq!(
+        app.get("/user-tx/dropped", &token_for(alice))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        count_notes(&db, "user tx dropped").await,
+        0,
+        "a dropped UserTx rolls back"
+    );
+    let plain: Value = app
+        .get("/plain", &token_for(bob))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_ne!(plain["role"], "authenticated", "{plain}");
+    assert_eq!(plain["claims"], Value::Null, "{plain}");
+
+    assert_eq!(
+        app.get("/user-tx/later", &token_for(bob)).await.status(),
+        202
+    );
+    let mut owners: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        owners =
+            sqlx::query_scalar("select owner::text from public.notes where body = 'user tx later'")
+                .fetch_all(&db.pool)
+                .await
+                .expect("owners");
+        if !owners.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        owners,
+        vec![bob.to_string()],
+        "written as the caller after the answer"
+    );
+    assert_eq!(backends_in_transaction(&db).await, 0);
+}
+
+#[tokio::test]
+async fn user_tx_refuses_an_ended_session_when_session_check_is_on() {
+    let (db, alice, _) = notes_db().await;
+    db.seed_auth_user_only(alice).await;
+    let session = Uuid::new_v4();
+    db.seed_session(session, alice, None).await;
+    let config = config_with(&db.url, |raw| {
+        raw.db_max_connections = Some("1".into());
+        raw.session_check = Some("on".into());
+    });
+    let state = build_state(config).await.expect("state");
+    let app = Served::start(App::new(state).merge(user_tx_routes())).await;
+    let token = sign(&claims_in_session(alice, session));
+    assert_eq!(app.get("/user-tx/commit", &token).await.status(), 200);
+    db.end_session(session).await;
+    crate::helpers::assert_invalid_token(app.get("/user-tx/commit", &token).await).await;
+    assert_eq!(count_notes(&db, "user tx committed").await, 1);
+    assert_eq!(backends_in_transaction(&db).await, 0);
+}

@@ -4,6 +4,7 @@ import { useCallback, useEffect, useRef, useState, type FormEvent } from 'react'
 import {
   getConversation,
   listConversations,
+  listConversationsWith,
   streamChat,
   type ConversationSummary,
   type StoredMessage,
@@ -33,10 +34,12 @@ export default function ChatPanel() {
   const [status, setStatus] = useState<Status>({ kind: 'idle' })
   const abort = useRef<AbortController | null>(null)
 
-  const refreshList = useCallback(async () => {
+  // `stopped`: the conversation of an answer the user stopped, which the service stores a
+  // moment after the abort; the list is read again until it shows it.
+  const refreshList = useCallback(async (stopped: string | null = null) => {
     const token = await accessToken()
     if (!token) return
-    const list = await listConversations(token)
+    const list = stopped ? await listConversationsWith(token, stopped) : await listConversations(token)
     if (list) setConversations(list)
   }, [])
 
@@ -90,7 +93,7 @@ export default function ChatPanel() {
     } else {
       setStatus({ kind: 'error', message: result.message })
     }
-    void refreshList()
+    void refreshList(!result.ok && result.error === 'aborted' ? result.conversationId : null)
   }
 
   return (

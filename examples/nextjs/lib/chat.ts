@@ -173,6 +173,27 @@ export async function listConversations(
   return Array.isArray(list) ? (list as ConversationSummary[]) : null
 }
 
+/**
+ * GET /conversations until it lists `id`, at most `attempts` times (default 10) `delayMs` apart
+ * (default 200): the service stores a stopped answer once it notices the browser went away, a
+ * moment after the abort, so the first listing may not have it yet. The last listing; null on
+ * a failure.
+ */
+export async function listConversationsWith(
+  accessToken: string,
+  id: string,
+  options: { baseUrl?: string; signal?: AbortSignal; attempts?: number; delayMs?: number } = {},
+): Promise<ConversationSummary[] | null> {
+  const attempts = options.attempts ?? 10
+  let list: ConversationSummary[] | null = null
+  for (let i = 0; i < attempts; i++) {
+    if (i > 0) await new Promise((resolve) => setTimeout(resolve, options.delayMs ?? 200))
+    list = await listConversations(accessToken, options)
+    if (list === null || list.some((c) => c.id === id)) return list
+  }
+  return list
+}
+
 /** GET /conversations/{id}: its messages, oldest first; null when not found (or on failure). */
 export async function getConversation(
   accessToken: string,

@@ -2,15 +2,19 @@
 // each delta to #answer as it arrives, shows a 429's wait in #status, lists
 // the caller's conversations in #conversations. data-state on #answer says
 // where the stream is: streaming, done, stopped, error.
-import { listConversations, streamChat } from './chat.js'
+import { listConversations, listConversationsWith, streamChat } from './chat.js'
 
 const { baseUrl, token } = window.__chat
 const answer = document.getElementById('answer')
 const status = document.getElementById('status')
 let controller = null
 
-async function refresh() {
-  const list = await listConversations(token, { baseUrl })
+// `stopped`: the conversation of a stopped answer, stored by the service a moment after the
+// abort, so the list is read again until it shows it.
+async function refresh(stopped = null) {
+  const list = stopped
+    ? await listConversationsWith(token, stopped, { baseUrl })
+    : await listConversations(token, { baseUrl })
   const ul = document.getElementById('conversations')
   ul.replaceChildren(
     ...(list ?? []).map((c) => {
@@ -49,7 +53,7 @@ document.getElementById('form').addEventListener('submit', async (event) => {
         ? `Too many messages: try again in ${result.retryAfter} seconds.`
         : result.message
   }
-  await refresh()
+  await refresh(!result.ok && result.error === 'aborted' ? result.conversationId : null)
 })
 
 document.getElementById('stop').addEventListener('click', () => controller?.abort())
