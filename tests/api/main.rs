@@ -17,3 +17,4 @@ mod property;
 mod request_logs;
 mod rls;
 mod shutdown;
+mod token_cache;
