@@ -1055,15 +1055,34 @@ fn supabase_url_must_be_https_unless_the_host_is_loopback() {
 
 #[test]
 fn an_http_supabase_url_for_another_host_exits_2_with_one_line() {
+    use std::process::Stdio;
     let dir = tempfile::tempdir().expect("temp dir");
-    let output = crate::cli::bin(dir.path())
+    let mut child = crate::cli::bin(dir.path())
         .env("SUPABASE_URL", "http://abcd.supabase.co")
         .env("SUPABASE_JWT_SECRET", SECRET)
-        .stdin(std::process::Stdio::null())
-        .output()
+        .env("PORT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run binary");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    // Bounded: a build that accepts the URL starts serving instead of exiting.
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the binary accepted an http:// SUPABASE_URL and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("SUPABASE_URL") && stderr.contains("https"),
