@@ -142,6 +142,25 @@ fn bench_verify(c: &mut Criterion) {
         b.to_async(&runtime)
             .iter(|| async { black_box(cached.verify(black_box(es256_token)).await) });
     });
+    let (_, hs256_token, _) = &cases[0];
+    assert!(runtime.block_on(cached.verify(hs256_token)).is_ok());
+    group.bench_function("hs256_cache_hit", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(cached.verify(black_box(hs256_token)).await) });
+    });
+    // A token as large as the service accepts, most of it user_metadata: what a hit costs
+    // when users fill their own metadata (the cache clones the claims on every hit).
+    let mut fat = claims(3600);
+    fat["user_metadata"] = json!({
+        "bio": "I like building things with Supabase. ".repeat(25),
+        "recent_item_ids": (0..1250).map(|n| n % 97).collect::<Vec<_>>(),
+    });
+    let fat_token = sign(Algorithm::ES256, "es256-key", &es256, &fat);
+    assert!(runtime.block_on(cached.verify(&fat_token)).is_ok());
+    group.bench_function("es256_cache_hit_fat_metadata", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { black_box(cached.verify(black_box(&fat_token)).await) });
+    });
     group.finish();
 }
 

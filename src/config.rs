@@ -23,6 +23,10 @@ pub const DEFAULT_SQLITE_URL: &str = "sqlite://./data/dev.db";
 /// The opt-in that lets the local stack's published keys serve on a non-loopback listener,
 /// for a throwaway container on one's own machine. Its name says what it costs.
 pub const LOCAL_DEFAULTS_ON_NETWORK_VAR: &str = "INSECURE_LOCAL_DEFAULTS_ON_NETWORK";
+/// Default memory budget of the verified-token cache (`JWT_CACHE_BYTES`): 16 MiB.
+pub const DEFAULT_TOKEN_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest accepted `JWT_CACHE_BYTES`: 16 GiB.
+const MAX_TOKEN_CACHE_BYTES: usize = 16 * 1024 * 1024 * 1024;
 
 /// A configuration problem: which variable, and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -302,6 +306,9 @@ pub struct RawConfig {
     /// Verified tokens remembered until they expire; 0 turns the cache off [default: 4096]
     #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub jwt_cache_size: Option<String>,
+    /// Memory the verified-token cache may use, in bytes; 0 turns the cache off [default: 16777216]
+    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
+    pub jwt_cache_bytes: Option<String>,
     /// Add a `Server-Timing` header (auth and database time) to responses: on|off [default: off]
     #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
     pub server_timing: Option<String>,
@@ -394,6 +401,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Capacity of the verified-token cache (0: off).
     pub token_cache_size: usize,
+    /// Memory budget of the verified-token cache in bytes (0: off).
+    pub token_cache_bytes: usize,
     /// Answer with a `Server-Timing` header. Off by default: it tells anyone how long our
     /// database and verification take, which is for debugging, not for the public.
     pub server_timing: bool,
@@ -674,6 +683,19 @@ impl Config {
                     ConfigError::new("JWT_CACHE_SIZE", "must be a whole number from 0 to 1000000")
                 })?,
         };
+        let token_cache_bytes = match non_empty(&raw.jwt_cache_bytes) {
+            None => DEFAULT_TOKEN_CACHE_BYTES,
+            Some(s) => s
+                .parse::<usize>()
+                .ok()
+                .filter(|v| *v <= MAX_TOKEN_CACHE_BYTES)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "JWT_CACHE_BYTES",
+                        "must be a whole number of bytes from 0 to 17179869184 (16 GiB)",
+                    )
+                })?,
+        };
         let server_timing = parse_switch("SERVER_TIMING", non_empty(&raw.server_timing), false)?;
 
         Ok(Self {
@@ -700,6 +722,7 @@ impl Config {
             request_timeout,
             shutdown_timeout,
             token_cache_size,
+            token_cache_bytes,
             server_timing,
             header_read_timeout,
             http_max_connections,
@@ -735,7 +758,30 @@ fn parse_supabase_url(raw: &str) -> Result<Url, ConfigError> {
             "must be an http:// or https:// URL with a host",
         ));
     }
+    // The keys that decide who is signed in come from this URL: over plain HTTP anyone on the
+    // path could substitute their own. Only a local stack on this machine may use it.
+    if url.scheme() == "http" && !is_loopback_host(&url) {
+        return Err(ConfigError::new(
+            "SUPABASE_URL",
+            "must be https:// (http:// only for localhost, 127.0.0.0/8 or ::1)",
+        ));
+    }
     Ok(url)
+}
+
+/// `localhost` (and its subdomains, RFC 6761 section 6.3), 127.0.0.0/8 or ::1.
+fn is_loopback_host(url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+    }
 }
 
 fn join_auth_path(base: &Url, path: &str) -> Result<Url, ConfigError> {

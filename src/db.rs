@@ -526,13 +526,10 @@ mod tests {
     use super::*;
 
     fn claims() -> Claims {
-        let raw = serde_json::json!({"sub": "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f", "role": "authenticated", "x": "a'b"});
-        let serde_json::Value::Object(raw) = raw else {
-            unreachable!()
-        };
-        let sub = crate::auth::UserId::parse("5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f")
-            .expect("canonical id");
-        Claims::from_payload(sub, 0, raw)
+        Claims::from_payload_json(&serde_json::json!({
+            "sub": "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f", "role": "authenticated", "x": "a'b", "exp": 0,
+        }))
+        .expect("claims")
     }
 
     #[test]

@@ -66,12 +66,29 @@ impl StartError {
     }
 }
 
+/// Most redirects the key-set client follows, all on the key set's own origin.
+const MAX_KEY_SET_REDIRECTS: usize = 3;
+
 /// The key-set HTTP client: bounded connect and total time, so a slow identity server can
-/// never hold a request for long.
+/// never hold a request for long. It follows a redirect only within the origin (scheme, host,
+/// port) it was sent to, at most [`MAX_KEY_SET_REDIRECTS`] times: the keys must come from the
+/// configured project, not from wherever a misconfigured or compromised proxy points. A refused
+/// redirect is answered as a failed fetch (the 3xx status), and the last good keys stay in use.
 fn http_client() -> Result<reqwest::Client, StartError> {
+    let same_origin = reqwest::redirect::Policy::custom(|attempt| {
+        let origin = attempt.previous().first().map(reqwest::Url::origin);
+        if attempt.previous().len() > MAX_KEY_SET_REDIRECTS
+            || origin.is_some_and(|o| o != attempt.url().origin())
+        {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
+        .redirect(same_origin)
         .user_agent(concat!("supabase-jwt-service/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| StartError::Store(format!("http client: {e}")))

@@ -4,9 +4,12 @@ use axum::http::{HeaderMap, header::AUTHORIZATION};
 
 use super::AuthError;
 
-/// Longest token accepted. Supabase access tokens are well under 2 KiB even with rich
-/// metadata; the bound keeps hostile input from costing decode time.
-pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Longest token accepted. A plain Supabase access token is under 2 KiB, but users set their
+/// own `user_metadata` (`supabase.auth.updateUser({ data })`) and every token carries it, so
+/// a user with 6 KiB of metadata holds a token of about 8.5 KiB. 12 KiB admits that with room
+/// to spare inside the 16 KiB request-head limit; the bound keeps hostile input from costing
+/// decode time.
+pub const MAX_TOKEN_LEN: usize = 12 * 1024;
 
 /// Returns the bearer token of the request's one `Authorization` header.
 ///

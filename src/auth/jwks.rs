@@ -10,7 +10,9 @@
 //!   cancel a fetch other readers wait on.
 //! - A reader with an unknown `kid` asks the task for a fetch and waits on a `watch` channel for
 //!   its outcome. Unknown-`kid` fetches happen at most once per [`UNKNOWN_KID_COOLDOWN`]; inside
-//!   the cooldown the reader is answered from the last outcome at once.
+//!   the cooldown the reader is answered at once: `503` with the seconds left in the cooldown
+//!   when the last fetch succeeded (the key may have been rotated in seconds ago), `503` as an
+//!   outage when it failed.
 //! - A failed fetch keeps the last good snapshot serving.
 
 use std::collections::HashMap;
@@ -19,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
+use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ED25519, ParsedPublicKey};
 use base64::Engine;
 use base64::engine::DecodePaddingMode;
@@ -31,6 +34,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::AuthError;
+use super::cache::Thumbprint;
 use crate::telemetry::metrics;
 
 /// The `tracing` target of every key-set event.
@@ -55,6 +59,12 @@ const MAX_RSA_BITS: usize = 8192;
 /// After this many consecutive failures a warning is repeated (others log at debug).
 const WARN_EVERY_FAILURES: u32 = 10;
 
+/// base64url without padding, the canonical form for thumbprints (RFC 7638 section 3).
+const B64URL_NO_PAD: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_encode_padding(false),
+);
+
 /// base64url as JWKs use it (RFC 7515 section 2: no padding); padding is tolerated.
 const B64URL: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::URL_SAFE,
@@ -67,6 +77,9 @@ pub struct VerifyingKey {
     pub alg: Algorithm,
     /// The key material.
     pub key: DecodingKey,
+    /// The RFC 7638 JWK thumbprint (SHA-256) of the public key: what a verified token
+    /// remembers, so that new material published under an old `kid` does not inherit trust.
+    pub thumbprint: Thumbprint,
 }
 
 impl fmt::Debug for VerifyingKey {
@@ -136,6 +149,9 @@ struct Status {
     last: Option<Result<usize, KeySetError>>,
     /// When the latest unknown-`kid` fetch started, for the cooldown.
     on_demand_started: Option<Instant>,
+    /// The latest `generation` bump finished a fetch (rather than answering readers who
+    /// raced into the cooldown without one).
+    fetched: bool,
 }
 
 impl Status {
@@ -146,6 +162,22 @@ impl Status {
             _ => AuthError::KeySetUnavailable,
         }
     }
+
+    /// The answer for a `kid` this status's snapshot does not have, when no fetch may be made
+    /// for `left` more: the key set may have gained that key since the last fetch, so the
+    /// token is not called invalid; the client is told when a fetch will be allowed.
+    fn unknown_kid_cooling_down(&self, left: Duration) -> AuthError {
+        match self.last {
+            Some(Ok(_)) => AuthError::UnknownKidCoolingDown(whole_seconds(left)),
+            _ => AuthError::KeySetUnavailable,
+        }
+    }
+}
+
+/// `d` rounded up to whole seconds, at least 1 (a `Retry-After` of 0 invites a busy loop).
+fn whole_seconds(d: Duration) -> u32 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    u32::try_from(secs).unwrap_or(u32::MAX).max(1)
 }
 
 /// The cached key set. Readers never wait on the network except to refetch for an unknown `kid`.
@@ -161,6 +193,8 @@ pub struct KeySet {
     forced: AtomicBool,
     epoch: Instant,
     fixed: bool,
+    /// At most one unknown-`kid` fetch per this interval ([`UNKNOWN_KID_COOLDOWN`] by default).
+    cooldown: Duration,
 }
 
 impl fmt::Debug for KeySet {
@@ -181,8 +215,16 @@ impl KeySet {
     /// Outside a runtime nothing is fetched and unknown `kid`s answer
     /// [`AuthError::KeySetUnavailable`].
     pub fn new(url: Url, client: reqwest::Client) -> Arc<Self> {
+        Self::with_cooldown(url, client, UNKNOWN_KID_COOLDOWN)
+    }
+
+    /// [`KeySet::new`] with another unknown-`kid` cooldown than [`UNKNOWN_KID_COOLDOWN`]: for
+    /// tests, or an identity server that can take more (or fewer) refetches.
+    pub fn with_cooldown(url: Url, client: reqwest::Client, cooldown: Duration) -> Arc<Self> {
         let (tx, rx) = watch::channel(Status::default());
-        let key_set = Arc::new(Self::with_parts(url, rx, Keys::default(), false));
+        let mut key_set = Self::with_parts(url, rx, Keys::default(), false);
+        key_set.cooldown = cooldown;
+        let key_set = Arc::new(key_set);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(refresher(
@@ -230,6 +272,7 @@ impl KeySet {
             forced: AtomicBool::new(false),
             epoch: Instant::now(),
             fixed,
+            cooldown: UNKNOWN_KID_COOLDOWN,
         }
     }
 
@@ -243,7 +286,9 @@ impl KeySet {
     /// From the cached set when it has the `kid`. Otherwise one refetch is made (shared with
     /// every reader waiting at the same time, and at most once per [`UNKNOWN_KID_COOLDOWN`]):
     /// still unknown after a successful fetch is [`AuthError::UnknownKid`]; when the key set
-    /// cannot be fetched it is [`AuthError::KeySetUnavailable`].
+    /// cannot be fetched it is [`AuthError::KeySetUnavailable`]. Inside the cooldown, after a
+    /// successful fetch, it is [`AuthError::UnknownKidCoolingDown`] with the seconds left: a
+    /// key rotated in just after that fetch must not log its users out.
     pub async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, AuthError> {
         if let Some(key) = self.lookup(kid) {
             return Ok(key);
@@ -258,8 +303,9 @@ impl KeySet {
             return Ok(key);
         }
         if !seen.in_flight {
-            if cooling_down(seen.on_demand_started, Instant::now()) {
-                return Err(seen.unknown_kid());
+            if let Some(left) = cooldown_left(seen.on_demand_started, Instant::now(), self.cooldown)
+            {
+                return Err(seen.unknown_kid_cooling_down(left));
             }
             tracing::debug!(target: TARGET, kid = %shorten(kid), "unknown kid: asking for a refetch");
             self.wanted.fetch_max(self.ticks(), Ordering::AcqRel);
@@ -273,7 +319,12 @@ impl KeySet {
         )
         .await;
         let answer = match waited {
-            Ok(Ok(latest)) => latest.unknown_kid(),
+            Ok(Ok(latest)) if latest.fetched => latest.unknown_kid(),
+            // Answered without a fetch: another reader's fetch started the cooldown first.
+            Ok(Ok(latest)) => latest.unknown_kid_cooling_down(
+                cooldown_left(latest.on_demand_started, Instant::now(), self.cooldown)
+                    .unwrap_or_default(),
+            ),
             // The refresher is gone (no runtime, or shutting down) or stuck past any timeout.
             _ => return Err(AuthError::KeySetUnavailable),
         };
@@ -284,6 +335,18 @@ impl KeySet {
     /// hit, so a token whose key was revoked stops being accepted at the next refresh.
     pub fn has_key(&self, kid: &str) -> bool {
         self.snapshot().by_kid.contains_key(kid)
+    }
+
+    /// The thumbprint of the current key named `kid` (no fetch). The token cache compares it on
+    /// every hit, so a token verified by material the set no longer holds under that `kid` is
+    /// verified afresh.
+    pub fn thumbprint(&self, kid: &str) -> Option<Thumbprint> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_kid
+            .get(kid)
+            .map(|key| key.thumbprint)
     }
 
     /// Whether a key set has been loaded at least once.
@@ -354,6 +417,18 @@ impl KeySet {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = keys;
     }
 
+    /// Replaces the keys with those of `json`, as a fetch would: for unit tests elsewhere in
+    /// the crate that need a set whose material changes.
+    #[cfg(test)]
+    pub(crate) fn replace_keys(&self, json: &str) -> Result<(), KeySetError> {
+        let parsed = parse_jwk_set(json.as_bytes())?;
+        self.swap(Keys {
+            by_kid: parsed.keys,
+            fetched_at: Some(Instant::now()),
+        });
+        Ok(())
+    }
+
     /// A monotonic clock in nanoseconds since this set was created, plus one (0 means "never").
     fn ticks(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos())
@@ -369,8 +444,14 @@ impl Drop for KeySet {
     }
 }
 
-fn cooling_down(on_demand_started: Option<Instant>, now: Instant) -> bool {
-    on_demand_started.is_some_and(|at| now.saturating_duration_since(at) < UNKNOWN_KID_COOLDOWN)
+/// How long the unknown-`kid` cooldown still runs at `now`; `None` when no fetch is held back.
+fn cooldown_left(
+    on_demand_started: Option<Instant>,
+    now: Instant,
+    cooldown: Duration,
+) -> Option<Duration> {
+    let elapsed = now.saturating_duration_since(on_demand_started?);
+    cooldown.checked_sub(elapsed).filter(|left| !left.is_zero())
 }
 
 /// A `kid` is chosen by whoever sent the token: log at most a bounded prefix of it.
@@ -411,10 +492,13 @@ async fn refresher(
         }
         let on_demand = asked && !due && !forced;
         let last_on_demand = status.borrow().on_demand_started;
-        if on_demand && cooling_down(last_on_demand, now) {
+        if on_demand && cooldown_left(last_on_demand, now, key_set.cooldown).is_some() {
             // Readers raced past their own cooldown check: answer them from the last outcome.
             handled = key_set.ticks();
-            status.send_modify(|s| s.generation += 1);
+            status.send_modify(|s| {
+                s.generation += 1;
+                s.fetched = false;
+            });
             continue;
         }
         handled = key_set.ticks();
@@ -497,6 +581,7 @@ async fn refresher(
         status.send_modify(|s| {
             s.in_flight = false;
             s.generation += 1;
+            s.fetched = true;
             s.loaded |= outcome.is_ok();
             s.last = Some(outcome);
         });
@@ -795,7 +880,7 @@ fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, Skip> {
     }
     let kty = jwk.kty.as_deref().ok_or(Skip::Material("no kty"))?;
     let alg = algorithm_for(kty, jwk.crv.as_deref(), jwk.alg.as_deref())?;
-    let key = match alg {
+    let (key, thumbprint) = match alg {
         Algorithm::ES256 => {
             let x = decode_b64(jwk.x.as_ref(), "EC key without x")?;
             let y = decode_b64(jwk.y.as_ref(), "EC key without y")?;
@@ -809,7 +894,13 @@ fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, Skip> {
             point.extend_from_slice(&y);
             ParsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
                 .map_err(|_| Skip::Material("point is not on P-256"))?;
-            DecodingKey::from_ec_der(&point)
+            let thumbprint = jwk_thumbprint(&[
+                ("crv", "P-256"),
+                ("kty", "EC"),
+                ("x", &B64URL_NO_PAD.encode(&x)),
+                ("y", &B64URL_NO_PAD.encode(&y)),
+            ]);
+            (DecodingKey::from_ec_der(&point), thumbprint)
         }
         Algorithm::EdDSA => {
             let x = decode_b64(jwk.x.as_ref(), "OKP key without x")?;
@@ -818,7 +909,12 @@ fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, Skip> {
             }
             ParsedPublicKey::new(&ED25519, &x)
                 .map_err(|_| Skip::Material("not an Ed25519 public key"))?;
-            DecodingKey::from_ed_der(&x)
+            let thumbprint = jwk_thumbprint(&[
+                ("crv", "Ed25519"),
+                ("kty", "OKP"),
+                ("x", &B64URL_NO_PAD.encode(&x)),
+            ]);
+            (DecodingKey::from_ed_der(&x), thumbprint)
         }
         Algorithm::RS256 => {
             let n = decode_b64(jwk.n.as_ref(), "RSA key without n")?;
@@ -835,12 +931,41 @@ fn verifying_key(jwk: &Jwk) -> Result<VerifyingKey, Skip> {
                     "RSA exponent is not a usable public exponent",
                 ));
             }
-            DecodingKey::from_rsa_raw_components(n, e)
+            let thumbprint = jwk_thumbprint(&[
+                ("e", &B64URL_NO_PAD.encode(e)),
+                ("kty", "RSA"),
+                ("n", &B64URL_NO_PAD.encode(n)),
+            ]);
+            (DecodingKey::from_rsa_raw_components(n, e), thumbprint)
         }
         // algorithm_for returns only the three above.
         _ => return Err(Skip::Material("unsupported algorithm")),
     };
-    Ok(VerifyingKey { alg, key })
+    Ok(VerifyingKey {
+        alg,
+        key,
+        thumbprint,
+    })
+}
+
+/// RFC 7638: SHA-256 of the JSON object of a key's required members, in lexicographic order,
+/// without whitespace. `members` come sorted; their values are base64url or fixed names, which
+/// need no JSON escaping.
+fn jwk_thumbprint(members: &[(&str, &str)]) -> Thumbprint {
+    let mut json = String::with_capacity(200);
+    json.push('{');
+    for (i, (name, value)) in members.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        for part in ["\"", name, "\":\"", value, "\""] {
+            json.push_str(part);
+        }
+    }
+    json.push('}');
+    let mut thumbprint = [0u8; 32];
+    thumbprint.copy_from_slice(digest(&SHA256, json.as_bytes()).as_ref());
+    thumbprint
 }
 
 fn strip_leading_zeros(bytes: &[u8]) -> &[u8] {
@@ -1062,6 +1187,46 @@ mod tests {
     fn retry_backs_off_up_to_the_refresh_floor() {
         let secs: Vec<u64> = (1..=8).map(|n| retry_interval(n).as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn thumbprint_is_rfc_7638s_example() {
+        // RFC 7638 section 3.1: this RSA key's thumbprint.
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let set = parse(serde_json::json!({"keys": [
+            {"kty": "RSA", "n": n, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"},
+        ]}));
+        let expected = B64URL
+            .decode("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
+            .expect("base64url");
+        assert_eq!(
+            set.keys["2011-04-29"].thumbprint.as_slice(),
+            expected.as_slice()
+        );
+    }
+
+    #[test]
+    fn thumbprints_follow_the_material_not_the_kid_or_padding() {
+        let set = parse(serde_json::json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "x": P256_X, "y": P256_Y, "kid": "a"},
+            {"kty": "EC", "crv": "P-256", "x": format!("{P256_X}="), "y": P256_Y, "kid": "b"},
+            {"kty": "OKP", "crv": "Ed25519", "x": ED25519_X, "kid": "c"},
+        ]}));
+        assert_eq!(set.keys["a"].thumbprint, set.keys["b"].thumbprint);
+        assert_ne!(set.keys["a"].thumbprint, set.keys["c"].thumbprint);
+    }
+
+    #[test]
+    fn cooldown_left_is_rounded_up_to_whole_seconds() {
+        let start = Instant::now();
+        let cooldown = Duration::from_secs(30);
+        assert_eq!(cooldown_left(None, start, cooldown), None);
+        let left = cooldown_left(Some(start), start + Duration::from_millis(4_500), cooldown);
+        assert_eq!(left, Some(Duration::from_millis(25_500)));
+        assert_eq!(whole_seconds(Duration::from_millis(25_500)), 26);
+        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds(Duration::ZERO), 1);
+        assert_eq!(cooldown_left(Some(start), start + cooldown, cooldown), None);
     }
 
     #[tokio::test]

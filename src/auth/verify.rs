@@ -6,8 +6,8 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use super::cache::{Lookup, TokenCache};
-use super::claims::{Claims, UserId};
+use super::cache::{KeyRef, Lookup, TokenCache};
+use super::claims::Claims;
 use super::jwks::KeySet;
 use crate::config::{Config, PROJECT_KEY_ROLES};
 use crate::error::ApiError;
@@ -71,6 +71,11 @@ pub enum AuthError {
     /// `SESSION_CHECK=on` and the token's session was logged out or has expired.
     #[error("session ended")]
     SessionEnded,
+    /// The `kid` is unknown, and the key set was fetched successfully less than the
+    /// unknown-`kid` cooldown ago: the key may have been rotated in since. Answered 503 with
+    /// `Retry-After` set to these seconds, when the next fetch is allowed.
+    #[error("unknown key id; key set refetch cooling down")]
+    UnknownKidCoolingDown(u32),
 }
 
 impl AuthError {
@@ -94,6 +99,7 @@ impl AuthError {
             Self::RoleNotAllowed => "role_not_allowed",
             Self::ClientNotAllowed => "client_not_allowed",
             Self::SessionEnded => "session_ended",
+            Self::UnknownKidCoolingDown(_) => "unknown_kid_cooldown",
         }
     }
 }
@@ -104,6 +110,7 @@ impl From<AuthError> for ApiError {
             AuthError::Missing => ApiError::MissingToken,
             AuthError::DuplicateHeader => ApiError::InvalidRequest,
             AuthError::KeySetUnavailable => ApiError::Unavailable,
+            AuthError::UnknownKidCoolingDown(seconds) => ApiError::UnavailableFor(seconds),
             AuthError::NotUserToken | AuthError::RoleNotAllowed | AuthError::ClientNotAllowed => {
                 ApiError::InsufficientScope
             }
@@ -141,7 +148,13 @@ impl std::fmt::Debug for Verifier {
 
 impl Verifier {
     /// Builds the verifier for `config`, with the key set (if any) the caller created.
+    ///
+    /// Also installs jsonwebtoken's aws-lc-rs crypto provider for the process, unless one is
+    /// installed already: jsonwebtoken otherwise picks its backend from Cargo features, and an
+    /// application that links this crate and enables `rust_crypto` too would make every
+    /// verification panic.
     pub fn new(config: &Config, key_set: Option<Arc<KeySet>>) -> Self {
+        install_crypto_provider();
         Self {
             hs256: config
                 .jwt_secret
@@ -153,7 +166,7 @@ impl Verifier {
             leeway: config.leeway.as_secs(),
             allowed_roles: config.allowed_roles.clone(),
             allowed_client_ids: config.allowed_client_ids.clone(),
-            cache: TokenCache::new(config.token_cache_size),
+            cache: TokenCache::new(config.token_cache_size, config.token_cache_bytes),
         }
     }
 
@@ -178,12 +191,18 @@ impl Verifier {
                 metrics::jwt_cache_lookup("hit");
                 return Ok(claims);
             }
-            Lookup::Hit(claims, Some(kid)) => {
-                if self.key_set.as_ref().is_some_and(|k| k.has_key(&kid)) {
+            Lookup::Hit(claims, Some(key)) => {
+                if self
+                    .key_set
+                    .as_ref()
+                    .and_then(|k| k.thumbprint(&key.kid))
+                    .is_some_and(|current| current == key.thumbprint)
+                {
                     metrics::jwt_cache_lookup("hit");
                     return Ok(claims);
                 }
-                // Its key left the key set: the token is no longer trusted; verify afresh.
+                // The key that verified it left the set, or its kid now names other material:
+                // the token is no longer trusted; verify afresh.
                 self.cache.remove(token);
                 None
             }
@@ -203,10 +222,7 @@ impl Verifier {
         Ok(claims)
     }
 
-    async fn verify_uncached(
-        &self,
-        token: &str,
-    ) -> Result<(Claims, Option<std::sync::Arc<str>>), AuthError> {
+    async fn verify_uncached(&self, token: &str) -> Result<(Claims, Option<KeyRef>), AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         // RFC 7515 section 4.1.11: a token naming header extensions the recipient must
         // understand is invalid unless it does. We understand none (Supabase sets none), and
@@ -216,6 +232,7 @@ impl Verifier {
         }
         // The header only says which of *our* keys to try; each key verifies one algorithm.
         let owned_key;
+        let mut key_ref = None;
         let (key, alg) = match header.alg {
             // Supabase puts a `kid` on legacy HS256 tokens too; it names nothing we use.
             Algorithm::HS256 => (
@@ -232,15 +249,15 @@ impl Verifier {
                 if owned_key.alg != header.alg {
                     return Err(AuthError::AlgorithmNotAllowed);
                 }
+                key_ref = Some(KeyRef {
+                    kid: Arc::from(kid),
+                    thumbprint: owned_key.thumbprint,
+                });
                 (&owned_key.key, owned_key.alg)
             }
             _ => return Err(AuthError::AlgorithmNotAllowed),
         };
-        let kid = match alg {
-            Algorithm::HS256 => None,
-            _ => header.kid.map(std::sync::Arc::<str>::from),
-        };
-        Ok((self.check(token, key, alg)?, kid))
+        Ok((self.check(token, key, alg)?, key_ref))
     }
 
     fn check(&self, token: &str, key: &DecodingKey, alg: Algorithm) -> Result<Claims, AuthError> {
@@ -319,16 +336,135 @@ impl Verifier {
                 return Err(AuthError::ClientNotAllowed);
             }
         }
-        let sub = claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .and_then(UserId::parse)
-            .ok_or(AuthError::BadSubject)?;
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_f64)
-            .map(|e| e as u64)
-            .unwrap_or_default();
-        Ok(Claims::from_payload(sub, exp, claims))
+        // The same typed view `Claims::from_payload_json` builds; the parsed map is dropped
+        // here and only its text is kept.
+        Claims::from_map(&claims)
+    }
+}
+
+/// Installs jsonwebtoken's aws-lc-rs provider as the process default, once. When another is
+/// installed already (an embedding application chose one) that one stays: any installed
+/// provider verifies; only the feature-based fallback panics, when both backends are linked.
+fn install_crypto_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _already_installed = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    const SECRET: &str = "verify-unit-tests-hs256-secret-0123456789";
+    const USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
+    const JWKS: &str = include_str!("../../tests/fixtures/jwks/jwks.json");
+    const ES256_PEM: &str = include_str!("../../tests/fixtures/jwks/keys/es256.pem");
+    const STANDBY_PEM: &str = include_str!("../../tests/fixtures/jwks/keys/es256-standby.pem");
+    const STANDBY_X: &str = "tTXf4j7b4LRjrcQChsVpEwGsE2kfzFYPOdeD-hp9_Fw";
+    const STANDBY_Y: &str = "S_QGmzOAvInnH0EU-b-vWMrvi3cItXC4Dr1yR-IsRnQ";
+
+    fn verifier() -> (Verifier, Arc<KeySet>) {
+        let config = Config::for_tests("sqlite://unit-unused.db", SECRET).expect("config");
+        let url = "http://127.0.0.1:9/auth/v1/.well-known/jwks.json"
+            .parse()
+            .expect("url");
+        let key_set = KeySet::from_jwks_json(url, JWKS).expect("fixture set");
+        (Verifier::new(&config, Some(Arc::clone(&key_set))), key_set)
+    }
+
+    fn token(alg: Algorithm, kid: &str, key: &EncodingKey) -> String {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({
+            "sub": USER, "aud": "authenticated", "role": "authenticated",
+            "exp": now + 600, "iat": now, "plan": "pro",
+        });
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &claims, key).expect("sign")
+    }
+
+    fn es256(pem: &str) -> EncodingKey {
+        EncodingKey::from_ec_pem(pem.as_bytes()).expect("pem")
+    }
+
+    #[tokio::test]
+    async fn new_material_under_a_cached_kid_is_a_miss_and_verified_afresh() {
+        let (verifier, key_set) = verifier();
+        let old = token(Algorithm::ES256, "es256-key", &es256(ES256_PEM));
+        for _ in 0..2 {
+            assert!(verifier.verify(&old).await.is_ok());
+        }
+        assert_eq!(verifier.cache().len(), 1);
+
+        // The set now publishes the standby key's material under the same kid.
+        let swapped = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "kid": "es256-key",
+            "x": STANDBY_X, "y": STANDBY_Y,
+        }]});
+        key_set.replace_keys(&swapped.to_string()).expect("set");
+        assert!(key_set.has_key("es256-key"), "the kid alone still matches");
+        assert_eq!(
+            verifier.verify(&old).await.err(),
+            Some(AuthError::BadSignature),
+            "a cached token of the old material is checked again, and fails"
+        );
+        assert!(verifier.cache().is_empty());
+        let new = token(Algorithm::ES256, "es256-key", &es256(STANDBY_PEM));
+        assert!(verifier.verify(&new).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn unchanged_material_stays_a_hit_and_hs256_needs_no_key_check() {
+        let (verifier, key_set) = verifier();
+        let es = token(Algorithm::ES256, "es256-key", &es256(ES256_PEM));
+        let hs = token(
+            Algorithm::HS256,
+            "legacy",
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        );
+        for t in [&es, &hs] {
+            assert!(verifier.verify(t).await.is_ok());
+        }
+        // A refresh that loads the same keys keeps the entries trusted.
+        key_set.replace_keys(JWKS).expect("set");
+        for t in [&es, &hs] {
+            assert!(verifier.verify(t).await.is_ok());
+        }
+        assert_eq!(verifier.cache().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn verification_works_with_our_provider_installed_and_keeps_custom_claims() {
+        let (verifier, _) = verifier();
+        // Whatever ran first in this process, a provider is installed now: ours, or one an
+        // embedding application chose. Installing again is refused, not a panic.
+        assert!(
+            jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER
+                .install_default()
+                .is_err()
+        );
+        let claims = verifier
+            .verify(&token(Algorithm::ES256, "es256-key", &es256(ES256_PEM)))
+            .await
+            .expect("verified");
+        #[derive(serde::Deserialize)]
+        struct Plan {
+            plan: String,
+        }
+        assert_eq!(claims.extra::<Plan>().expect("plan").plan, "pro");
+        assert_eq!(claims.sub.to_string(), USER);
+    }
+
+    #[test]
+    fn a_cooling_down_unknown_kid_is_503_with_its_wait() {
+        let e = ApiError::from(AuthError::UnknownKidCoolingDown(17));
+        assert_eq!(e, ApiError::UnavailableFor(17));
+        assert_eq!(e.retry_after(), Some(17));
+        assert_eq!(
+            ApiError::from(AuthError::UnknownKid),
+            ApiError::InvalidToken
+        );
     }
 }

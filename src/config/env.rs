@@ -35,6 +35,7 @@ const VARS: &[(&str, Field)] = &[
         &mut r.shutdown_timeout_seconds
     }),
     ("JWT_CACHE_SIZE", |r| &mut r.jwt_cache_size),
+    ("JWT_CACHE_BYTES", |r| &mut r.jwt_cache_bytes),
     ("SERVER_TIMING", |r| &mut r.server_timing),
     ("HEADER_READ_TIMEOUT_SECONDS", |r| {
         &mut r.header_read_timeout_seconds

@@ -726,7 +726,6 @@ pub fn migrator() -> sqlx::migrate::Migrator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::UserId;
 
     #[test]
     fn quote_literal_doubles_quotes_and_backslashes() {
@@ -760,12 +759,10 @@ mod tests {
     }
 
     fn claims(role: &str) -> Claims {
-        let sub = UserId::parse("5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f").unwrap();
-        let payload = serde_json::json!({"sub": sub.to_string(), "role": role});
-        let serde_json::Value::Object(raw) = payload else {
-            unreachable!()
-        };
-        Claims::from_payload(sub, 0, raw)
+        Claims::from_payload_json(&serde_json::json!({
+            "sub": "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f", "role": role, "exp": 0,
+        }))
+        .expect("claims")
     }
 
     #[test]

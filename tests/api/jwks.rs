@@ -167,6 +167,20 @@ impl App {
     /// Builds the service against `jwks` (SUPABASE_URL = its base) on a fresh SQLite store,
     /// with the test kit's [`SECRET`] as the legacy secret, and serves it on 127.0.0.1:0.
     async fn spawn(jwks: &JwksServer, mutate: impl FnOnce(&mut RawConfig)) -> Self {
+        Self::spawn_inner(jwks, mutate, None).await
+    }
+
+    /// [`App::spawn`] with a key set whose unknown-`kid` cooldown is `cooldown`, so a test
+    /// can see it end.
+    async fn spawn_with_cooldown(jwks: &JwksServer, cooldown: Duration) -> Self {
+        Self::spawn_inner(jwks, |_| {}, Some(cooldown)).await
+    }
+
+    async fn spawn_inner(
+        jwks: &JwksServer,
+        mutate: impl FnOnce(&mut RawConfig),
+        cooldown: Option<Duration>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut raw = RawConfig {
             host: Some("127.0.0.1".into()),
@@ -179,9 +193,21 @@ impl App {
             ..RawConfig::default()
         };
         mutate(&mut raw);
-        let config = Config::from_raw(&raw, false).expect("config");
+        let mut config = Config::from_raw(&raw, false).expect("config");
         let issuer = config.issuer.clone().expect("issuer");
-        let state = build_state(config).await.expect("build state");
+        let jwks_url = config.jwks_url.clone().expect("jwks url");
+        if cooldown.is_some() {
+            // The state's own key set is replaced below; it must not fetch meanwhile.
+            config.jwks_url = None;
+        }
+        let mut state = build_state(config).await.expect("build state");
+        if let Some(cooldown) = cooldown {
+            let key_set = KeySet::with_cooldown(jwks_url, reqwest::Client::new(), cooldown);
+            state.verifier = Arc::new(supabase_jwt_service::Verifier::new(
+                &state.config,
+                Some(key_set),
+            ));
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
@@ -202,13 +228,20 @@ impl App {
         }
     }
 
-    /// Serving the fixture set, whose tokens carry the fixture's issuer.
+    /// Serving the fixture set, whose tokens carry the fixture's issuer. No unknown-`kid`
+    /// cooldown: each fixture case names the answer for its token alone, and several carry
+    /// kids the set lacks; how the cooldown changes a later answer is tested on its own.
     async fn spawn_for_fixtures(jwks: &JwksServer) -> Self {
         let issuer = fixture_tokens()["issuer"]
             .as_str()
             .expect("issuer")
             .to_owned();
-        Self::spawn(jwks, |raw| raw.jwt_issuer = Some(issuer)).await
+        Self::spawn_inner(
+            jwks,
+            |raw| raw.jwt_issuer = Some(issuer),
+            Some(Duration::ZERO),
+        )
+        .await
     }
 
     fn key_set(&self) -> &Arc<KeySet> {
@@ -532,11 +565,12 @@ async fn a_key_added_to_the_set_is_accepted_right_away_without_restart() {
 }
 
 #[tokio::test]
-async fn an_unknown_kid_within_the_cooldown_is_rejected_without_another_fetch() {
+async fn a_new_key_during_the_unknown_kid_cooldown_is_503_with_the_seconds_left() {
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
     let app = App::spawn(&jwks, |_| {}).await;
     app.wait_until_keys_loaded().await;
 
+    // A token with a kid the fresh set lacks is invalid: the fetch it caused says so.
     let first = unknown_kid_token(&app, "not-in-the-set");
     assert_error(
         app.get_name(&first).await,
@@ -546,13 +580,82 @@ async fn an_unknown_kid_within_the_cooldown_is_rejected_without_another_fetch() 
     )
     .await;
     assert_eq!(jwks.fetches(), 2, "one refetch for the unknown kid");
-    let second = unknown_kid_token(&app, "also-not-in-the-set");
-    assert_error(app.get_name(&second).await, 401, "invalid_token", "second").await;
+
+    // Seconds later the project rotates in its standby key. Its tokens meet the cooldown:
+    // no fetch yet, and no "sign in again" either, but a wait the client can honour.
+    jwks.set(Mode::Serve(fixture_jwks_with_standby()));
+    let standby = sign(
+        Algorithm::ES256,
+        Some("es256-standby"),
+        &EncodingKey::from_ec_pem(ES256_STANDBY_PEM.as_bytes()).expect("pem"),
+        &claims(&app.issuer),
+    );
+    let headers = assert_error(
+        app.get_name(&standby).await,
+        503,
+        "unavailable",
+        "new key within the cooldown",
+    )
+    .await;
+    let retry_after: u64 = headers[header::RETRY_AFTER.as_str()]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("Retry-After is whole seconds");
+    let cooldown = supabase_jwt_service::auth::jwks::UNKNOWN_KID_COOLDOWN.as_secs();
+    assert!(
+        (1..=cooldown).contains(&retry_after),
+        "Retry-After {retry_after} is the cooldown's remainder"
+    );
+    assert!(
+        !headers.contains_key(header::WWW_AUTHENTICATE.as_str()),
+        "not a challenge: the token is not called invalid"
+    );
     assert_eq!(
         jwks.fetches(),
         2,
         "the cooldown holds further refetches back"
     );
+}
+
+#[tokio::test]
+async fn after_the_cooldown_the_new_key_is_fetched_and_a_still_unknown_kid_is_401() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn_with_cooldown(&jwks, Duration::from_secs(2)).await;
+    app.wait_until_keys_loaded().await;
+    let unknown = unknown_kid_token(&app, "never-published");
+    assert_error(app.get_name(&unknown).await, 401, "invalid_token", "first").await;
+
+    jwks.set(Mode::Serve(fixture_jwks_with_standby()));
+    let standby = sign(
+        Algorithm::ES256,
+        Some("es256-standby"),
+        &EncodingKey::from_ec_pem(ES256_STANDBY_PEM.as_bytes()).expect("pem"),
+        &claims(&app.issuer),
+    );
+    let headers = assert_error(app.get_name(&standby).await, 503, "unavailable", "cooling").await;
+    let retry_after: u64 = headers[header::RETRY_AFTER.as_str()]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+
+    // A client that honours Retry-After gets in with the new key.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    assert_demo_user(app.get_name(&standby).await, "after Retry-After").await;
+    assert_eq!(jwks.fetches(), 3, "one refetch once the cooldown ended");
+
+    // And a kid that a fresh fetch still lacks is invalid, as before.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_error(
+        app.get_name(&unknown).await,
+        401,
+        "invalid_token",
+        "still unknown after a fresh fetch",
+    )
+    .await;
+    assert_eq!(jwks.fetches(), 4);
 }
 
 #[tokio::test]
@@ -581,7 +684,15 @@ async fn a_flood_of_unknown_kid_tokens_shares_one_fetch() {
     let mut answered = 0;
     while let Some(result) = flood.join_next().await {
         let (status, code) = result.expect("request task");
-        assert_eq!((status, code.as_deref()), (401, Some("invalid_token")));
+        // Requests that waited on the shared fetch learn the kid is not in the set; any that
+        // arrived after it landed meet the cooldown and are asked to retry.
+        assert!(
+            matches!(
+                (status, code.as_deref()),
+                (401, Some("invalid_token")) | (503, Some("unavailable"))
+            ),
+            "{status} {code:?}"
+        );
         answered += 1;
     }
     assert_eq!(answered, FLOOD);
@@ -758,4 +869,221 @@ async fn key_set_fetches_and_loaded_keys_are_counted_in_metrics() {
         text.contains("jwks_keys_loaded 4"),
         "a failed fetch keeps the loaded keys: {text}"
     );
+}
+
+#[tokio::test]
+async fn a_cached_token_is_refused_once_its_kid_names_other_material() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+    let token = es256_token(&app);
+    for _ in 0..2 {
+        assert_demo_user(app.get_name(&token).await, "before the swap").await;
+    }
+    assert_eq!(app.state.verifier.cache().len(), 1, "the token is cached");
+
+    // The set now publishes the standby key's material under the old kid.
+    let mut swapped = fixture_jwks();
+    let mut standby = fixture_tokens()["standby_jwk"].clone();
+    standby["kid"] = json!("es256-key");
+    for key in swapped["keys"].as_array_mut().expect("keys") {
+        if key["kid"] == "es256-key" {
+            *key = standby.clone();
+        }
+    }
+    jwks.set(Mode::Serve(swapped));
+    assert_eq!(app.key_set().refresh().await, Ok(FIXTURE_KIDS.len()));
+    assert!(
+        app.key_set().has_key("es256-key"),
+        "the kid alone still matches"
+    );
+    assert_error(
+        app.get_name(&token).await,
+        401,
+        "invalid_token",
+        "cached token of material no longer under its kid",
+    )
+    .await;
+    assert!(
+        app.state.verifier.cache().is_empty(),
+        "and it left the cache"
+    );
+}
+
+// --- where the keys may come from --------------------------------------------------------------
+
+/// A server on `ip`:0 whose every path answers a redirect to `location(path)` or, for `keys`,
+/// the fixture set; it counts requests.
+async fn redirecting_server(
+    ip: &str,
+    location: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>, JoinHandle<()>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let location = Arc::new(location);
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let counter = Arc::clone(&counter);
+        let location = Arc::clone(&location);
+        async move {
+            counter.fetch_add(1, Ordering::SeqCst);
+            match location(uri.path()) {
+                Some(to) => {
+                    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, to)]).into_response()
+                }
+                None => axum::Json(fixture_jwks()).into_response(),
+            }
+        }
+    });
+    let listener = TcpListener::bind((ip, 0)).await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}"), hits, task)
+}
+
+/// The service with SUPABASE_URL = `base` (no JwksServer), on a fresh SQLite store.
+async fn app_for(base: &str) -> (AppState, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let raw = RawConfig {
+        database_url: Some(format!("sqlite://{}/t.db", dir.path().display())),
+        supabase_url: Some(base.to_owned()),
+        supabase_jwt_secret: Some(SECRET.into()),
+        metrics_addr: Some("off".into()),
+        ..RawConfig::default()
+    };
+    let config = Config::from_raw(&raw, false).expect("config");
+    (build_state(config).await.expect("state"), dir)
+}
+
+#[tokio::test]
+async fn the_key_set_is_never_taken_from_another_host_after_a_redirect() {
+    use std::sync::atomic::Ordering;
+    // The other host: a server on 127.0.0.2 that would serve a perfectly good set.
+    let (elsewhere, elsewhere_hits, _b) = redirecting_server("127.0.0.2", |_| None).await;
+    let target = format!("{elsewhere}{JWKS_PATH}");
+    let (base, hits, _a) = redirecting_server("127.0.0.1", move |_| Some(target.clone())).await;
+    let (state, _dir) = app_for(&base).await;
+    let key_set = state.verifier.key_set().expect("key set");
+
+    let outcome = key_set.refresh().await;
+    assert!(
+        matches!(
+            outcome,
+            Err(supabase_jwt_service::auth::jwks::KeySetError::Status(307))
+        ),
+        "{outcome:?}"
+    );
+    assert!(hits.load(Ordering::SeqCst) >= 1);
+    assert_eq!(
+        elsewhere_hits.load(Ordering::SeqCst),
+        0,
+        "the other host was never asked"
+    );
+    assert!(!key_set.is_ready());
+}
+
+#[tokio::test]
+async fn same_origin_redirects_are_followed_a_few_times_only() {
+    use std::sync::atomic::Ordering;
+    // One hop within the origin, as a moved path would be: followed.
+    let (base, _, _a) = redirecting_server("127.0.0.1", |path| {
+        (path == JWKS_PATH).then(|| "/keys".to_owned())
+    })
+    .await;
+    let (state, _dir) = app_for(&base).await;
+    let key_set = state.verifier.key_set().expect("key set");
+    assert_eq!(key_set.refresh().await, Ok(FIXTURE_KIDS.len()));
+
+    // A loop within the origin: given up after a few hops.
+    let (base, hits, _b) = redirecting_server("127.0.0.1", |path| {
+        Some(if path == "/a" { "/b" } else { "/a" }.to_owned())
+    })
+    .await;
+    let (state, _dir) = app_for(&base).await;
+    let key_set = state.verifier.key_set().expect("key set");
+    let before = hits.load(Ordering::SeqCst);
+    let outcome = key_set.refresh().await;
+    assert!(
+        matches!(
+            outcome,
+            Err(supabase_jwt_service::auth::jwks::KeySetError::Status(307))
+        ),
+        "{outcome:?}"
+    );
+    let asked = hits.load(Ordering::SeqCst) - before;
+    assert!((1..=4).contains(&asked), "{asked} requests for one fetch");
+}
+
+#[test]
+fn supabase_url_must_be_https_unless_the_host_is_loopback() {
+    let config = |url: &str| {
+        Config::from_raw(
+            &RawConfig {
+                database_url: Some("sqlite://unused.db".into()),
+                supabase_url: Some(url.into()),
+                ..RawConfig::default()
+            },
+            false,
+        )
+    };
+    for refused in [
+        "http://abcd.supabase.co",
+        "http://10.0.0.5:54321",
+        "http://[fe80::1]:54321",
+        "http://localhost.example.com",
+        "http://0.0.0.0:54321",
+    ] {
+        let err = config(refused).expect_err(refused);
+        assert_eq!(err.var, "SUPABASE_URL", "{refused}");
+    }
+    for accepted in [
+        "https://abcd.supabase.co",
+        "http://127.0.0.1:54321",
+        "http://127.8.9.10:54321",
+        "http://localhost:54321",
+        "http://LOCALHOST.:54321",
+        "http://[::1]:54321",
+    ] {
+        assert!(config(accepted).is_ok(), "{accepted}");
+    }
+}
+
+#[test]
+fn an_http_supabase_url_for_another_host_exits_2_with_one_line() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = crate::cli::bin(dir.path())
+        .env("SUPABASE_URL", "http://abcd.supabase.co")
+        .env("SUPABASE_JWT_SECRET", SECRET)
+        .env("PORT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run binary");
+    // Bounded: a build that accepts the URL starts serving instead of exiting.
+    let deadline = std::time::Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the binary accepted an http:// SUPABASE_URL and kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("SUPABASE_URL") && stderr.contains("https"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET));
 }

@@ -26,5 +26,6 @@ mod redaction;
 mod request_logs;
 mod rls;
 mod shutdown;
+mod token_cache;
 mod token_role;
 mod token_shapes;
