@@ -58,6 +58,7 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 ///     connect_timeout: Duration::from_secs(3),
 ///     retire_wait: Duration::from_secs(4),
 ///     cancel_abandoned: true,
+///     session_limits: Some("set statement_timeout = 2700".to_owned()),
 /// };
 /// let pool = ConnPool::new("postgres://postgres@127.0.0.1/postgres".parse()?, settings);
 /// let mut lease = pool.acquire().await?;
@@ -98,6 +99,13 @@ pub struct PoolSettings {
     /// As a second guard, a connection whose server does not listen on the port connected to
     /// (a pooler's) is never cancelled.
     pub cancel_abandoned: bool,
+    /// Session-level settings for a connection that proved direct (its server listens on the
+    /// port connected to, the same test that lets cancels through), sent once at set-up: for
+    /// example `set statement_timeout = 2700; set lock_timeout = 2700`. A pooler in front would
+    /// lend the session to other clients along with those settings, so any other connection
+    /// gets none of them, and its work carries transaction-local bounds instead (see
+    /// [`Lease::has_session_limits`]). Needs `cancel_abandoned`, which reads the port.
+    pub session_limits: Option<String>,
 }
 
 /// A lazily connecting pool of [`PgConnection`]s; cheap to clone. Its `Debug` names the
@@ -136,6 +144,8 @@ struct Conn {
     created: Instant,
     /// The backend's process id, read at connect when abandoned statements are cancelled.
     pid: Option<i32>,
+    /// Whether `session_limits` were set on this connection at connect.
+    session_limited: bool,
     /// The tag of the SQL-level prepared statement the store's reads may `EXECUTE` here.
     prepared_read: Option<u64>,
 }
@@ -354,10 +364,11 @@ impl Shared {
     async fn connect(&self) -> Result<Conn, sqlx::Error> {
         let mut conn = self.options.connect().await?;
         match self.set_up(&mut conn).await {
-            Ok(pid) => Ok(Conn {
+            Ok((pid, session_limited)) => Ok(Conn {
                 conn,
                 created: Instant::now(),
                 pid,
+                session_limited,
                 prepared_read: None,
             }),
             Err(e) => {
@@ -375,7 +386,7 @@ impl Shared {
     /// server behind it, and there the id names a server connection the pooler lends to others,
     /// whose statements a cancel must never reach. A port mapping that changes the number on a
     /// direct connection only costs the cancel; the drain still frees the slot.
-    async fn set_up(&self, conn: &mut PgConnection) -> Result<Option<i32>, sqlx::Error> {
+    async fn set_up(&self, conn: &mut PgConnection) -> Result<(Option<i32>, bool), sqlx::Error> {
         let mut sql = self.settings.after_connect.clone().unwrap_or_default();
         if self.settings.cancel_abandoned {
             if !sql.is_empty() {
@@ -384,15 +395,30 @@ impl Shared {
             sql.push_str("select pg_backend_pid(), inet_server_port()");
         }
         if sql.is_empty() {
-            return Ok(None);
+            return Ok((None, false));
         }
-        let rows = sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(conn).await?;
+        let rows = sqlx::raw_sql(AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await?;
         let Some(row) = rows.last().filter(|_| self.settings.cancel_abandoned) else {
-            return Ok(None);
+            return Ok((None, false));
         };
         let pid: i32 = row.try_get(0)?;
         let port: Option<i32> = row.try_get(1)?;
-        Ok((port == Some(i32::from(self.options.get_port()))).then_some(pid))
+        if port != Some(i32::from(self.options.get_port())) {
+            return Ok((None, false));
+        }
+        // Only now is the session known to be ours alone.
+        let session_limited = match &self.settings.session_limits {
+            Some(limits) => {
+                sqlx::raw_sql(AssertSqlSafe(limits.clone()))
+                    .execute(&mut *conn)
+                    .await?;
+                true
+            }
+            None => false,
+        };
+        Ok((Some(pid), session_limited))
     }
 
     /// Waits until the server answered everything `conn` was sent; `false` if it did not within
@@ -507,6 +533,12 @@ impl Lease {
     /// is known.
     pub(crate) fn prepared_read(&self) -> Option<u64> {
         self.conn.as_ref().and_then(|c| c.prepared_read)
+    }
+
+    /// Whether [`PoolSettings::session_limits`] hold on this connection: it proved direct at
+    /// connect, so its own statements are bounded on the server without per-message settings.
+    pub fn has_session_limits(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.session_limited)
     }
 
     /// Records which SQL-level prepared statement the store's reads may `EXECUTE` on this
@@ -626,6 +658,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             retire_wait: Duration::from_secs(2),
             cancel_abandoned: false,
+            session_limits: None,
         }
     }
 

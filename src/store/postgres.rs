@@ -302,6 +302,11 @@ impl PgStore {
             retire_wait: config.db_timeout + Duration::from_secs(1),
             // Behind a pooler a backend's process id names whichever client's work it runs now.
             cancel_abandoned: config.prepared_statements != PreparedStatements::Off,
+            // On a connection that proved direct the bounds are set once, for the session, so
+            // that a read is the one statement it was; elsewhere each read carries them.
+            session_limits: (config.prepared_statements != PreparedStatements::Off).then(|| {
+                server_limits_sql(server_limit(config.db_timeout)).replace("set local ", "set ")
+            }),
         };
         Ok(Self {
             pool: ConnPool::new(options, settings),
@@ -370,8 +375,10 @@ impl PgStore {
         }
     }
 
-    /// Sends one read message, bounded on the server by what is left until `deadline`;
-    /// remembers a statement it prepared on the connection.
+    /// Sends one read message, bounded on the server: on a connection that proved direct by
+    /// the session's own limits (set once at connect, so the read stays one statement), else
+    /// by transaction-local ones of what is left until `deadline`. Remembers a statement it
+    /// prepared on the connection.
     async fn read(
         &self,
         lease: &mut Lease,
@@ -380,9 +387,15 @@ impl PgStore {
         form: ReadForm,
         deadline: Instant,
     ) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
-        let mut sql = server_limits_sql(server_limit(
-            deadline.saturating_duration_since(Instant::now()),
-        ));
+        // A session-level bound holds only where the session is ours alone; once a pooler
+        // showed itself, every read carries its own.
+        let mut sql = if lease.has_session_limits() && !self.pooler_detected() {
+            String::new()
+        } else {
+            server_limits_sql(server_limit(
+                deadline.saturating_duration_since(Instant::now()),
+            ))
+        };
         sql.push_str(&read_in_one_message(self.rls, claims, session, form));
         let row = sqlx::raw_sql(AssertSqlSafe(sql))
             .fetch_all(&mut **lease)
