@@ -33,6 +33,15 @@ pub enum StartError {
 }
 
 impl StartError {
+    /// A store that could not be opened, with its cause: the store's message names only the
+    /// kind of failure, the cause says what happened.
+    fn store(e: store::StoreError) -> Self {
+        match std::error::Error::source(&e) {
+            Some(cause) => Self::Store(format!("{e}: {cause}")),
+            None => Self::Store(e.to_string()),
+        }
+    }
+
     /// The process exit status for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -80,7 +89,7 @@ pub async fn build_state_with(
         if migrate_postgres {
             run_migrations(&config.database_url).await?;
         }
-        let pg = PgStore::connect_lazy(&config).map_err(|e| StartError::Store(e.to_string()))?;
+        let pg = PgStore::connect_lazy(&config).map_err(StartError::store)?;
         if config.db_rls {
             match role_switch_problem(&pg, &config.allowed_roles, config.db_timeout).await {
                 Ok(None) => {}
@@ -123,7 +132,7 @@ async fn open_embedded(
 ) -> Result<Arc<dyn UserStore>, StartError> {
     let store = SqliteStore::open(url.expose(), timeout)
         .await
-        .map_err(|e| StartError::Store(e.to_string()))?;
+        .map_err(StartError::store)?;
     Ok(Arc::new(Instrumented::new(store)))
 }
 
@@ -175,7 +184,7 @@ async fn role_switch_problem(
         Ok::<_, store::StoreError>(rows)
     })
     .await
-    .map_err(|_| store::StoreError::Unavailable("role check timed out".into()))??;
+    .map_err(|_| store::StoreError::unavailable(store::NoAnswer(limit)))??;
     for row in rows {
         let get = |column: &str| {
             row.try_get::<bool, _>(column)

@@ -104,7 +104,8 @@ impl Readiness {
         let answered = match store.ping().await {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "readiness: store not answering");
+                crate::auth::extractor::log_store_error(&e);
+                tracing::debug!("readiness: store not answering");
                 false
             }
         };

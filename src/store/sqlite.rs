@@ -43,7 +43,7 @@ impl SqliteStore {
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()).into())
             })?;
         }
         let pool = SqlitePoolOptions::new()
