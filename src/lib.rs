@@ -8,15 +8,15 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod error;
+mod error;
 /// The guide: add your own authenticated route in five minutes (`docs/library.md`).
 #[doc = include_str!("../docs/library.md")]
 pub mod guide {}
 pub mod mint;
 pub mod routes;
-pub mod server;
+mod server;
 mod startup;
-pub mod state;
+mod state;
 pub mod store;
 pub mod telemetry;
 #[cfg(feature = "testing")]

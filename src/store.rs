@@ -10,14 +10,14 @@ use uuid::Uuid;
 use crate::auth::{AuthError, Claims};
 use crate::error::ApiError;
 
-pub mod instrumented;
-pub mod pool;
-pub mod postgres;
+mod instrumented;
+mod pool;
+pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
-pub mod sqlite;
+mod sqlite;
 
 pub use instrumented::Instrumented;
-pub use pool::{ConnPool, Lease};
+pub use pool::{ConnPool, Lease, PoolSettings};
 pub use postgres::{PgStore, UserTransaction};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
