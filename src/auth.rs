@@ -1,12 +1,12 @@
 //! Authentication: reading the bearer token, verifying it, and the `ValidUser` extractor.
 
 pub mod bearer;
-pub mod cache;
-pub mod claims;
-pub mod extractor;
+mod cache;
+mod claims;
+pub(crate) mod extractor;
 pub mod jwks;
-pub mod profile;
-pub mod verify;
+mod profile;
+mod verify;
 
 pub use claims::{Claims, UserId};
 pub use extractor::ValidUser;

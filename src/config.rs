@@ -5,13 +5,20 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use axum::http::HeaderValue;
-#[cfg(feature = "cli")]
-use clap::Args;
 use reqwest::Url;
 
 mod builder;
+mod database_url;
 mod env;
+mod raw;
+mod secret;
 pub use builder::ConfigBuilder;
+// The start-up path of a build without the embedded store refuses one with this error.
+pub use database_url::DatabaseUrl;
+#[cfg(not(feature = "sqlite"))]
+pub(crate) use database_url::no_embedded_store;
+pub use raw::RawConfig;
+pub use secret::Secret;
 
 /// The Supabase CLI local stack's published JWT secret, used only when no key is configured
 /// on the embedded store (dev mode). It is public knowledge and protects nothing.
@@ -48,155 +55,6 @@ impl ConfigError {
     }
 }
 
-/// A secret string whose `Debug` and `Display` never show its value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself; call only where it is used, never to log.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Whether this is the Supabase CLI local stack's published secret, which anyone can
-    /// sign tokens with. Compared in constant time like any other secret.
-    ///
-    /// ```
-    /// use supabase_jwt_service::config::{LOCAL_STACK_JWT_SECRET, Secret};
-    /// assert!(Secret::new(LOCAL_STACK_JWT_SECRET).is_published_local_secret());
-    /// assert!(!Secret::new("the-project-secret-from-the-dashboard-0123").is_published_local_secret());
-    /// ```
-    pub fn is_published_local_secret(&self) -> bool {
-        aws_lc_rs::constant_time::verify_slices_are_equal(
-            self.0.as_bytes(),
-            LOCAL_STACK_JWT_SECRET.as_bytes(),
-        )
-        .is_ok()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// A database URL; it may carry a password, so it prints masked.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(Secret);
-
-impl DatabaseUrl {
-    /// Parses and classifies a database URL.
-    pub fn parse(var: &'static str, raw: &str) -> Result<Self, ConfigError> {
-        let lower = raw.to_ascii_lowercase();
-        if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-            let url = Url::parse(raw)
-                .map_err(|e| ConfigError::new(var, format!("not a valid URL ({e})")))?;
-            // sqlx logs every query parameter it does not know, value included: a credential
-            // it would not use must stop the start instead of reaching the logs.
-            for (key, _) in url.query_pairs() {
-                if is_credential_key(&key) && key != "password" {
-                    return Err(ConfigError::new(
-                        var,
-                        format!(
-                            "the `{}` parameter is not supported (only `password`, or a password in the userinfo); its value is not shown",
-                            key.escape_default()
-                        ),
-                    ));
-                }
-            }
-        } else if !lower.starts_with("sqlite:") {
-            return Err(ConfigError::new(
-                var,
-                "must start with postgres://, postgresql:// or sqlite://",
-            ));
-        } else if cfg!(not(feature = "sqlite")) {
-            return Err(no_embedded_store(var));
-        }
-        Ok(Self(Secret::new(raw)))
-    }
-
-    /// The full URL, password included: for connecting only.
-    pub fn expose(&self) -> &str {
-        self.0.expose()
-    }
-
-    /// Whether this names a Postgres server (otherwise the embedded SQLite store).
-    pub fn is_postgres(&self) -> bool {
-        self.expose().to_ascii_lowercase().starts_with("postgres")
-    }
-
-    /// The URL with every credential replaced by `***`, safe for logs: the userinfo password
-    /// and each query parameter naming a password (`password`, `sslpassword`, in any case or
-    /// percent-encoding).
-    pub fn masked(&self) -> String {
-        let Ok(mut url) = Url::parse(self.expose()) else {
-            return "[unparseable url]".to_owned();
-        };
-        if url.password().is_some() && url.set_password(Some("***")).is_err() {
-            return "[unparseable url]".to_owned();
-        }
-        if url.query_pairs().any(|(k, _)| is_credential_key(&k)) {
-            let pairs: Vec<(String, String)> = url
-                .query_pairs()
-                .map(|(k, v)| {
-                    let v = if is_credential_key(&k) {
-                        "***".to_owned()
-                    } else {
-                        v.into_owned()
-                    };
-                    (k.into_owned(), v)
-                })
-                .collect();
-            url.query_pairs_mut().clear().extend_pairs(pairs);
-        }
-        url.to_string()
-    }
-
-    /// True when the URL points at a transaction-mode pooler: Supabase's port 6543, or
-    /// `pgbouncer=true` in the query string (the convention Prisma and Supabase docs use).
-    pub fn looks_like_transaction_pooler(&self) -> bool {
-        let Ok(url) = Url::parse(self.expose()) else {
-            return false;
-        };
-        url.port() == Some(6543)
-            || url
-                .query_pairs()
-                .any(|(k, v)| k == "pgbouncer" && v.eq_ignore_ascii_case("true"))
-    }
-}
-
-/// A query parameter that carries a password in libpq or sqlx (`password`, `sslpassword`),
-/// matched loosely (any case, any prefix) so that a misspelt one is masked too.
-fn is_credential_key(key: &str) -> bool {
-    key.to_ascii_lowercase().contains("password")
-}
-
-impl fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.masked())
-    }
-}
-
-/// The error for a `sqlite:` URL (or an unset `DATABASE_URL`, whose default is one) in a build
-/// without the embedded store.
-pub(crate) fn no_embedded_store(var: &'static str) -> ConfigError {
-    ConfigError::new(
-        var,
-        "this build has no embedded SQLite store (the crate's `sqlite` feature is off); set a postgres:// URL",
-    )
-}
-
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -229,122 +87,6 @@ impl fmt::Display for PreparedStatements {
             Self::On => "on",
             Self::Off => "off",
         })
-    }
-}
-
-/// Raw configuration as collected by clap from flags and environment (or, without the `cli`
-/// feature, by [`RawConfig::from_env`]). Every field is an optional string so that all typed
-/// parsing, and its one-line errors, happen in [`Config::from_raw`]. Each field's variable is
-/// its name in capitals (clap's bare `env`); the one list of the names is in `config/env.rs`.
-/// Its `Debug` shows the database URLs masked and the secret redacted.
-#[derive(Clone, Default)]
-#[cfg_attr(feature = "cli", derive(Args))]
-pub struct RawConfig {
-    /// Address to listen on [default: 0.0.0.0, or 127.0.0.1 on the embedded store]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub host: Option<String>,
-    /// Port to listen on [default: 8080]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub port: Option<String>,
-    /// postgres://… (production) or sqlite://… [default: sqlite://./data/dev.db]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub database_url: Option<String>,
-    /// Direct (non-pooled) connection used by `migrate` [default: DATABASE_URL]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub direct_database_url: Option<String>,
-    /// The project's legacy HS256 JWT secret
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub supabase_jwt_secret: Option<String>,
-    /// Project URL, e.g. https://abcd.supabase.co: sets issuer and key set URL
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub supabase_url: Option<String>,
-    /// Required `aud` claim [default: authenticated]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub jwt_audience: Option<String>,
-    /// Expected `iss` claim [default: <SUPABASE_URL>/auth/v1]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub jwt_issuer: Option<String>,
-    /// Clock skew allowed on exp/nbf/iat, in seconds [default: 30]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub jwt_leeway_seconds: Option<String>,
-    /// Comma-separated `role` claims accepted as users [default: authenticated]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub jwt_allowed_roles: Option<String>,
-    /// Comma-separated OAuth client ids whose tokens are accepted [default: none]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub jwt_allowed_client_ids: Option<String>,
-    /// Comma-separated browser origins allowed to call the API [default: none]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub cors_allowed_origins: Option<String>,
-    /// Prometheus listener address, or `off` [default: 127.0.0.1:9091]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub metrics_addr: Option<String>,
-    /// `pretty` or `json` [default: pretty on a terminal, json otherwise]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub log_format: Option<String>,
-    /// Row-level security per request on Postgres: on|off [default: on]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub db_rls: Option<String>,
-    /// Named prepared statements: auto|on|off [default: auto]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub db_prepared_statements: Option<String>,
-    /// Reject tokens whose session was logged out: on|off [default: off]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub session_check: Option<String>,
-    /// Upper bound on one database call, pool wait included, in seconds [default: 3]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub db_timeout_seconds: Option<String>,
-    /// Maximum database connections [default: 10]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub db_max_connections: Option<String>,
-    /// Upper bound on one request, in seconds [default: 10]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub request_timeout_seconds: Option<String>,
-    /// How long shutdown waits for in-flight requests, in seconds [default: 10]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub shutdown_timeout_seconds: Option<String>,
-    /// Verified tokens remembered until they expire; 0 turns the cache off [default: 4096]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub jwt_cache_size: Option<String>,
-    /// Memory the verified-token cache may use, in bytes; 0 turns the cache off [default: 16777216]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub jwt_cache_bytes: Option<String>,
-    /// Add a `Server-Timing` header (auth and database time) to responses: on|off [default: off]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub server_timing: Option<String>,
-    /// How long a client may take to send a request's headers, in seconds [default: 10]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub header_read_timeout_seconds: Option<String>,
-    /// Most HTTP connections served at once; past it new ones wait to be accepted [default: 4096]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub http_max_connections: Option<String>,
-    /// Let the Supabase CLI's published local secret serve on a non-loopback HOST, for a
-    /// throwaway local container only: on|off [default: off]
-    #[cfg_attr(feature = "cli", arg(long, env, global = true, hide_env_values = true))]
-    pub insecure_local_defaults_on_network: Option<String>,
-}
-
-impl fmt::Debug for RawConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Unvalidated text: mask what parses, and show nothing of what does not.
-        let url = |raw: &Option<String>| {
-            raw.as_deref()
-                .map(|s| match DatabaseUrl::parse("DATABASE_URL", s) {
-                    Ok(url) => url.masked(),
-                    Err(_) => "[unparseable url]".to_owned(),
-                })
-        };
-        f.debug_struct("RawConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database_url", &url(&self.database_url))
-            .field("direct_database_url", &url(&self.direct_database_url))
-            .field(
-                "supabase_jwt_secret",
-                &self.supabase_jwt_secret.as_ref().map(|_| "[redacted]"),
-            )
-            .field("supabase_url", &self.supabase_url)
-            .finish_non_exhaustive()
     }
 }
 
@@ -894,70 +636,6 @@ mod tests {
     }
 
     #[test]
-    fn secret_never_prints_its_value() {
-        let s = Secret::new("very-secret-value");
-        assert_eq!(format!("{s:?} {s}"), "[redacted] [redacted]");
-    }
-
-    #[test]
-    fn database_url_masks_password() {
-        let url = DatabaseUrl::parse("DATABASE_URL", "postgres://app:hunter2@db:5432/x").unwrap();
-        assert!(!url.masked().contains("hunter2"));
-        assert!(!format!("{url:?}").contains("hunter2"));
-        assert!(url.masked().contains("***"));
-    }
-
-    #[cfg(feature = "sqlite")]
-    #[test]
-    fn database_url_masks_every_password_form() {
-        for raw in [
-            "postgres://app:hunter2@db:5432/x",
-            "postgres://app:hun%40ter2@db:5432/x",
-            "postgres://app@db:5432/x?password=hunter2",
-            "postgresql://app@db/x?sslmode=require&password=hunter2&application_name=a",
-            "postgres://app@db/x?pass%77ord=hunter2",
-            "postgres://app:hunter2@db/x?password=hunter2",
-        ] {
-            let url = DatabaseUrl::parse("DATABASE_URL", raw).unwrap();
-            let masked = url.masked();
-            assert!(
-                !masked.contains("hunter2") && !masked.contains("hun%40ter2"),
-                "{masked}"
-            );
-            assert!(masked.contains("***"), "{masked}");
-            assert!(!format!("{url:?}").contains("hunter2"), "{url:?}");
-        }
-        let url = DatabaseUrl::parse(
-            "DATABASE_URL",
-            "postgresql://app@db/x?sslmode=require&password=hunter2",
-        )
-        .unwrap();
-        assert!(url.masked().contains("sslmode=require"), "{}", url.masked());
-        assert_eq!(
-            url.expose(),
-            "postgresql://app@db/x?sslmode=require&password=hunter2"
-        );
-    }
-
-    #[test]
-    fn credential_parameters_sqlx_would_log_are_refused_without_their_value() {
-        // sqlx uses only `password`; any other spelling it would log, value and all.
-        for raw in [
-            "postgres://app@db/x?sslpassword=hunter2",
-            "postgres://app@db/x?PASSWORD=hunter2",
-            "postgres://app@db/x?sslmode=verify-full&SslPassword=hunter2",
-            "postgres://app@db/x?sslpass%77ord=hunter2",
-            // libpq's key=value form: not accepted at all, and not echoed either.
-            "host=db user=app password=hunter2 dbname=x",
-        ] {
-            let err = DatabaseUrl::parse("DATABASE_URL", raw).unwrap_err();
-            assert_eq!(err.var, "DATABASE_URL");
-            assert!(!err.to_string().contains("hunter2"), "{err}");
-            assert!(!err.to_string().contains('\n'), "{err}");
-        }
-    }
-
-    #[test]
     fn debug_of_raw_and_parsed_config_shows_no_credential() {
         let mut raw = raw_pg();
         raw.database_url = Some("postgres://app:hunter2@db/x?password=hunter3".into());
@@ -1056,13 +734,6 @@ mod tests {
             Config::from_raw(&raw, false).unwrap_err().var,
             LOCAL_DEFAULTS_ON_NETWORK_VAR
         );
-    }
-
-    #[test]
-    fn published_local_secret_is_recognised() {
-        assert!(Secret::new(LOCAL_STACK_JWT_SECRET).is_published_local_secret());
-        assert!(!Secret::new("x".repeat(40)).is_published_local_secret());
-        assert!(!Secret::new(&LOCAL_STACK_JWT_SECRET[1..]).is_published_local_secret());
     }
 
     // Dev mode is the embedded store's.

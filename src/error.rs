@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 /// Seconds a client should wait before retrying a 503.
-pub const RETRY_AFTER_SECONDS: u32 = 2;
+pub(crate) const RETRY_AFTER_SECONDS: u32 = 2;
 
 /// Every error the HTTP API can answer, as the contract's error table lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,9 +19,9 @@ use crate::error::ApiError;
 use crate::state::AppState;
 use crate::telemetry;
 
-pub mod health;
-pub mod me;
-pub mod name;
+pub(crate) mod health;
+mod me;
+mod name;
 
 /// Largest request body accepted (`PUT /name` needs a few hundred bytes).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;

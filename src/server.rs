@@ -19,7 +19,7 @@ use crate::app::App;
 /// Largest request head (request line and headers) accepted; a larger one is answered
 /// `431 Request Header Fields Too Large` by hyper and the connection closed. Supabase access
 /// tokens are under 2 KiB and a proxy adds well under 1 KiB; 16 KiB is Node's default too.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Upper bound on a connection's read buffer. Request bodies are limited to 16 KiB by the
 /// router, so nothing legitimate needs more; it bounds what an idle connection can pin.
@@ -32,7 +32,7 @@ const MAX_READ_BUFFER_BYTES: usize = 64 * 1024;
 ///
 /// Each connection must send a request's headers within `HEADER_READ_TIMEOUT_SECONDS` (this
 /// also bounds how long an idle keep-alive connection stays open), in at most
-/// [`MAX_HEADER_BYTES`]; at most `HTTP_MAX_CONNECTIONS` are served at once, and further
+/// 16 KiB of headers; at most `HTTP_MAX_CONNECTIONS` are served at once, and further
 /// clients wait in the listen backlog until one ends.
 pub async fn serve(
     listener: TcpListener,

@@ -1,6 +1,5 @@
 //! Profile storage: the `UserStore` trait and its Postgres and embedded SQLite implementations.
 
-use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -11,14 +10,14 @@ use uuid::Uuid;
 use crate::auth::{AuthError, Claims};
 use crate::error::ApiError;
 
-pub mod instrumented;
-pub mod pool;
-pub mod postgres;
+mod instrumented;
+mod pool;
+pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
-pub mod sqlite;
+mod sqlite;
 
 pub use instrumented::Instrumented;
-pub use pool::{ConnPool, Lease};
+pub use pool::{ConnPool, Lease, PoolSettings};
 pub use postgres::{PgStore, UserTransaction};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
@@ -37,26 +36,53 @@ pub struct UserRow {
     pub avatar_url: Option<String>,
 }
 
+/// The error a store failure carries: a [`sqlx::Error`], [`NoAnswer`], or another cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a store call failed.
+///
+/// The cause stays reachable through [`std::error::Error::source`]; the message itself names
+/// only the [`kind`](Self::kind). Neither carries a password: sqlx's messages name the host,
+/// the user and the server's complaint, never the URL's credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not answer in time (down, frozen, saturated, misconfigured).
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable ({})", kind_of(.0.as_ref()))]
+    Unavailable(#[source] BoxError),
     /// `SESSION_CHECK=on` and the token's session is gone or expired.
     #[error("session ended")]
     SessionEnded,
 }
 
 impl StoreError {
-    /// Every store failure passes through here, so this is where `db_errors_total` counts it,
-    /// by the kind of database error when there is one.
-    pub(crate) fn unavailable(e: impl std::fmt::Display + 'static) -> Self {
-        let kind = (&e as &dyn Any)
+    /// A store failure caused by `e`.
+    pub(crate) fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Box::new(e))
+    }
+
+    /// The `kind` label of `db_errors_total` for this failure: `timeout`, `acquire_timeout`,
+    /// `connection`, `database`, `decode`, `pool_closed` or `other`; `None` for an ended
+    /// session, which is the client's business and not a database error.
+    pub fn kind(&self) -> Option<&'static str> {
+        match self {
+            Self::Unavailable(cause) => Some(kind_of(cause.as_ref())),
+            Self::SessionEnded => None,
+        }
+    }
+}
+
+/// No answer from the database within the store's bound (`DB_TIMEOUT_SECONDS`).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("no answer within {0:?}")]
+pub struct NoAnswer(pub Duration);
+
+fn kind_of(cause: &(dyn std::error::Error + Send + Sync + 'static)) -> &'static str {
+    if cause.is::<NoAnswer>() {
+        "timeout"
+    } else {
+        cause
             .downcast_ref::<sqlx::Error>()
-            .map_or("other", error_kind);
-        crate::telemetry::metrics::db_error(kind);
-        Self::Unavailable(e.to_string())
+            .map_or("other", error_kind)
     }
 }
 
@@ -132,12 +158,7 @@ pub(crate) async fn bounded<T>(
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(result) => result,
-        Err(_) => {
-            crate::telemetry::metrics::db_error("timeout");
-            Err(StoreError::Unavailable(format!(
-                "no answer within {limit:?}"
-            )))
-        }
+        Err(_) => Err(StoreError::unavailable(NoAnswer(limit))),
     }
 }
 
@@ -151,5 +172,18 @@ mod tests {
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(error_kind(&sqlx::Error::Io(refused)), "connection");
         assert_eq!(error_kind(&sqlx::Error::RowNotFound), "decode");
+    }
+
+    #[test]
+    fn the_cause_is_kept_and_named_by_kind_only() {
+        let e = StoreError::unavailable(sqlx::Error::PoolTimedOut);
+        assert_eq!(e.kind(), Some("acquire_timeout"));
+        assert_eq!(e.to_string(), "store unavailable (acquire_timeout)");
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(cause, Some(sqlx::Error::PoolTimedOut.to_string()));
+
+        let e = StoreError::unavailable(NoAnswer(Duration::from_secs(3)));
+        assert_eq!(e.kind(), Some("timeout"));
+        assert_eq!(StoreError::SessionEnded.kind(), None);
     }
 }

@@ -8,9 +8,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::LogFormat;
 
-pub mod json_line;
+mod json_line;
 pub mod metrics;
-pub mod server_timing;
+pub(crate) mod server_timing;
 
 /// Builds a subscriber without installing it: JSON writes one object per line with
 /// `timestamp`, `level`, the event's fields (`message`, `status`, `latency_ms`, …) and the

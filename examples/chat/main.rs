@@ -5,6 +5,10 @@
 //! Same configuration as the service (and the same embedded default: nothing to install),
 //! plus `LLM_*` and `CHAT_*` variables (`--help` lists them).
 
+// `unreachable_pub` is for the library's API; in an example binary `pub` only shares code
+// between its modules.
+#![allow(unreachable_pub)]
+
 mod db;
 mod history;
 mod local;

@@ -21,7 +21,7 @@ use super::Claims;
 const SHARDS: usize = 16;
 
 /// The largest entry ever cached, whatever the budget: a token this big is verified each time.
-pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
+pub(super) const MAX_ENTRY_BYTES: usize = 64 * 1024;
 
 /// An entry may take at most this fraction of the byte budget.
 const ENTRY_FRACTION: usize = 64;
@@ -32,7 +32,7 @@ const ALLOCATION_OVERHEAD: usize = 16;
 type Key = [u8; 32];
 
 /// SHA-256 over a key's algorithm and public material.
-pub type Thumbprint = [u8; 32];
+pub(super) type Thumbprint = [u8; 32];
 
 /// The key-set key that verified a token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -131,15 +131,18 @@ where
     }
 }
 
-/// Logs a store failure at the level it deserves: an ended session is the client's business,
-/// an outage is the operator's.
+/// Logs a store failure at the level it deserves (an ended session is the client's business,
+/// an outage is the operator's) and counts an outage in `db_errors_total`. Every store error
+/// that reaches an answer passes through here once, so this is the one place that counts it.
 pub(crate) fn log_store_error(e: &crate::store::StoreError) {
     match e {
         crate::store::StoreError::SessionEnded => {
             tracing::debug!(target: "supabase_jwt_service::auth", reason = "session_ended", "token rejected");
         }
-        crate::store::StoreError::Unavailable(reason) => {
-            tracing::warn!(target: "supabase_jwt_service::store", %reason, "store unavailable");
+        crate::store::StoreError::Unavailable(cause) => {
+            let kind = e.kind().unwrap_or("other");
+            crate::telemetry::metrics::db_error(kind);
+            tracing::warn!(target: "supabase_jwt_service::store", kind, reason = %cause, "store unavailable");
         }
     }
 }

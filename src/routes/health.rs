@@ -14,10 +14,10 @@ use crate::state::{AppState, ShutdownFlag};
 use crate::store::UserStore;
 
 /// How long a healthy probe of the store answers `/readyz` before the next one runs.
-pub const READY_PROBE_MAX_AGE: Duration = Duration::from_secs(1);
+pub(crate) const READY_PROBE_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Health routes. `/readyz` shares one [`Readiness`] among its requests.
-pub fn routes() -> Router<AppState> {
+pub(crate) fn routes() -> Router<AppState> {
     Router::new().route("/healthz", get(healthz)).route(
         "/readyz",
         get(readyz).layer(Extension(Arc::new(Readiness::default()))),
@@ -26,7 +26,7 @@ pub fn routes() -> Router<AppState> {
 
 /// Liveness: answers while the process serves. Touches no dependency, so a database outage
 /// never makes the platform restart a healthy process.
-pub async fn healthz() -> Json<Value> {
+pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
@@ -34,7 +34,7 @@ pub async fn healthz() -> Json<Value> {
 /// `SUPABASE_URL`) before the key set has loaded once. The store's answer comes from
 /// [`Readiness`], so a flood of `/readyz` (it needs no token) costs the pool at most one
 /// connection at a time. Needs the `Extension<Arc<Readiness>>` that [`routes`] adds.
-pub async fn readyz(
+pub(crate) async fn readyz(
     State(store): State<Arc<dyn UserStore>>,
     State(verifier): State<Arc<Verifier>>,
     State(shutdown): State<ShutdownFlag>,
@@ -59,19 +59,10 @@ pub async fn readyz(
 }
 
 /// The store's last readiness probe, shared by `/readyz` requests: at most one probe runs at a
-/// time, and requests that arrive meanwhile take its result.
-///
-/// ```
-/// use supabase_jwt_service::UserStore;
-/// use supabase_jwt_service::routes::health::Readiness;
-///
-/// // One per router, shared by every readiness request it serves.
-/// async fn ready(readiness: &Readiness, store: &dyn UserStore) -> bool {
-///     readiness.store_answers(store).await
-/// }
-/// ```
+/// time, and requests that arrive meanwhile take its result. One per router, shared by every
+/// readiness request it serves.
 #[derive(Debug, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     last: Mutex<Option<Probe>>,
     /// Held for the length of one probe; requests queue on it instead of on the pool.
     probing: tokio::sync::Mutex<()>,
@@ -89,7 +80,7 @@ impl Readiness {
     /// Whether the store answers: a healthy result under [`READY_PROBE_MAX_AGE`] old is reused;
     /// otherwise one probe runs, and every request waiting for it takes its result. A failure
     /// is not reused past the requests that waited for it, so a recovered store shows at once.
-    pub async fn store_answers(&self, store: &dyn UserStore) -> bool {
+    pub(crate) async fn store_answers(&self, store: &dyn UserStore) -> bool {
         let seen = match self.last() {
             Some(p) if p.answered && p.finished.elapsed() < READY_PROBE_MAX_AGE => return true,
             Some(p) => p.generation,
@@ -104,7 +95,8 @@ impl Readiness {
         let answered = match store.ping().await {
             Ok(()) => true,
             Err(e) => {
-                tracing::warn!(error = %e, "readiness: store not answering");
+                crate::auth::extractor::log_store_error(&e);
+                tracing::debug!("readiness: store not answering");
                 false
             }
         };

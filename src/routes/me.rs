@@ -9,13 +9,13 @@ use crate::auth::{UserId, ValidUser};
 use crate::state::AppState;
 
 /// Routes for `/me`.
-pub fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/me", get(get_me))
 }
 
 /// The `/me` answer: identity from the verified token, profile fields from `users`.
 #[derive(Debug, Serialize)]
-pub struct Me {
+pub(super) struct Me {
     id: UserId,
     email: Option<String>,
     phone: Option<String>,
@@ -28,7 +28,7 @@ pub struct Me {
 }
 
 /// Answers the caller's identity and profile.
-pub async fn get_me(user: ValidUser) -> Json<Me> {
+pub(super) async fn get_me(user: ValidUser) -> Json<Me> {
     let ValidUser { claims, profile } = user;
     Json(Me {
         id: claims.sub,

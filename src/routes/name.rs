@@ -17,28 +17,28 @@ use crate::state::AppState;
 use crate::store::UserStore;
 
 /// Longest accepted `full_name`, in characters (matches the table's check constraint).
-pub const MAX_NAME_CHARS: usize = 200;
+pub(super) const MAX_NAME_CHARS: usize = 200;
 
 /// Routes for `/name`.
-pub fn routes() -> Router<AppState> {
+pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/name", get(get_name).put(put_name))
 }
 
 /// The `/name` answer.
 #[derive(Debug, Serialize)]
-pub struct NameResponse {
+pub(super) struct NameResponse {
     full_name: Option<String>,
 }
 
 /// Answers the caller's `full_name`.
-pub async fn get_name(user: ValidUser) -> Json<NameResponse> {
+pub(super) async fn get_name(user: ValidUser) -> Json<NameResponse> {
     Json(NameResponse {
         full_name: user.profile.full_name,
     })
 }
 
 /// Updates the caller's own `full_name` (under row-level security on Postgres).
-pub async fn put_name(
+pub(super) async fn put_name(
     State(store): State<Arc<dyn UserStore>>,
     claims: Claims,
     body: Result<Json<Value>, JsonRejection>,

@@ -45,7 +45,7 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use supabase_jwt_service::store::pool::{ConnPool, PoolSettings};
+/// use supabase_jwt_service::store::{ConnPool, PoolSettings};
 ///
 /// # async fn demo() -> Result<(), sqlx::Error> {
 /// let settings = PoolSettings {

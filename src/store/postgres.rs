@@ -729,7 +729,7 @@ impl UserStore for PgStore {
 
 /// The Postgres migrations (`migrations/`), with their bookkeeping table kept in the private
 /// `jwt_service` schema rather than in `public`, which Supabase's Data API exposes.
-pub fn migrator() -> sqlx::migrate::Migrator {
+pub(crate) fn migrator() -> sqlx::migrate::Migrator {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.create_schema("jwt_service");
     migrator.dangerous_set_table_name("jwt_service._sqlx_migrations");

@@ -11,7 +11,7 @@ use super::{PoolStats, StoreError, StoreFuture, UserRow, UserStore, bounded};
 use crate::auth::Claims;
 
 /// The embedded store's migrations (`migrations/sqlite`).
-pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub(super) static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Profiles in a local SQLite file. No row-level security: queries filter by the verified id.
 #[derive(Clone)]
@@ -43,7 +43,7 @@ impl SqliteStore {
             && !parent.as_os_str().is_empty()
         {
             std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()).into())
             })?;
         }
         let pool = SqlitePoolOptions::new()

@@ -23,7 +23,7 @@ use tracing_subscriber::registry::LookupSpan;
 /// current span's fields plus its `name` under `span`. Use with [`JsonSpanFields`] as the field
 /// formatter (tracing-subscriber's `JsonFields` works too, at its own cost).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct JsonLine;
+pub(super) struct JsonLine;
 
 impl<S, N> FormatEvent<S, N> for JsonLine
 where
@@ -82,7 +82,7 @@ where
 /// a JSON object; a field recorded later is appended (recording one field twice would repeat
 /// its key, which JSON readers take as the last value; this service records each once).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct JsonSpanFields;
+pub(super) struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
     fn format_fields<R: RecordFields>(

@@ -41,18 +41,18 @@ struct Timings {
 }
 
 /// Adds `elapsed` to the current request's token verification time.
-pub fn add_auth(elapsed: Duration) {
+pub(crate) fn add_auth(elapsed: Duration) {
     let _ = CURRENT.try_with(|t| t.auth.add(elapsed));
 }
 
 /// Adds `elapsed` to the current request's store time.
-pub fn add_db(elapsed: Duration) {
+pub(crate) fn add_db(elapsed: Duration) {
     let _ = CURRENT.try_with(|t| t.db.add(elapsed));
 }
 
 /// Runs `request` while collecting its timings, and returns its output with the
 /// `Server-Timing` value: `auth` and `db` when they ran, and `total`, all in milliseconds.
-pub async fn measure<F: Future>(request: F) -> (F::Output, String) {
+pub(crate) async fn measure<F: Future>(request: F) -> (F::Output, String) {
     let timings = Arc::new(Timings::default());
     let started = Instant::now();
     let output = CURRENT.scope(timings.clone(), request).await;

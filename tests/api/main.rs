@@ -1,5 +1,7 @@
 //! One integration-test binary: the crate links once (this matters on 2-core CI).
 #![allow(clippy::unwrap_used)]
+// `unreachable_pub` is for the library's API; in a test binary `pub` only shares helpers.
+#![allow(unreachable_pub)]
 
 mod bans;
 mod cache_headers;

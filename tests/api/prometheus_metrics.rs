@@ -37,7 +37,19 @@ async fn start(handle: PrometheusHandle) -> Running {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config =
         Config::for_tests(&format!("sqlite://{}/t.db", dir.display()), SECRET).expect("config");
-    let state = build_state(config.clone()).await.expect("state");
+    let (api, metrics) = spawn(handle, config.clone()).await;
+    Running {
+        api,
+        metrics,
+        config,
+        dir,
+    }
+}
+
+/// Serves `config`'s API and a metrics listener rendering `handle`, both on loopback port 0,
+/// until the test's runtime ends; returns their addresses.
+async fn spawn(handle: PrometheusHandle, config: Config) -> (SocketAddr, SocketAddr) {
+    let state = build_state(config).await.expect("state");
 
     let api_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
     let metrics_listener = TcpListener::bind("127.0.0.1:0")
@@ -53,12 +65,7 @@ async fn start(handle: PrometheusHandle) -> Running {
         std::future::pending(),
     ));
     tokio::spawn(serve(api_listener, state, std::future::pending()));
-    Running {
-        api,
-        metrics,
-        config,
-        dir,
-    }
+    (api, metrics)
 }
 
 fn token(config: &Config, ttl_seconds: i64) -> String {
@@ -230,4 +237,54 @@ async fn metrics_are_not_served_on_the_public_port() {
         .await
         .expect("GET /metrics on the API port");
     assert_eq!(response.status(), 404);
+}
+
+/// A store error is counted once, where it is answered: each failed request and each failed
+/// readiness probe adds one to `db_errors_total`, by kind, and nothing else does.
+#[tokio::test]
+async fn each_failed_store_call_is_counted_once_by_kind() {
+    let recorder = telemetry::metrics::recorder();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    // A loopback port nothing listens on: every connection is refused at once.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let config = Config::for_tests(&url, SECRET).expect("config");
+    let (api, metrics) = spawn(recorder.handle(), config.clone()).await;
+    let client = reqwest::Client::new();
+    let good = token(&config, 3600);
+
+    for _ in 0..3 {
+        let r = client
+            .get(format!("http://{api}/name"))
+            .bearer_auth(&good)
+            .send()
+            .await
+            .expect("GET /name");
+        assert_eq!(r.status(), 503);
+    }
+    let ready = client
+        .get(format!("http://{api}/readyz"))
+        .send()
+        .await
+        .expect("GET /readyz");
+    assert_eq!(ready.status(), 503);
+
+    let text = client
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("body");
+    let samples = parse(&text);
+    assert_eq!(value(&samples, "db_errors_total", &[]), 4.0, "{text}");
+    assert_eq!(
+        value(&samples, "db_errors_total", &[("kind", "connection")]),
+        4.0,
+        "{text}"
+    );
 }
