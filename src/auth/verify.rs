@@ -366,7 +366,8 @@ mod tests {
     const STANDBY_Y: &str = "S_QGmzOAvInnH0EU-b-vWMrvi3cItXC4Dr1yR-IsRnQ";
 
     fn verifier() -> (Verifier, Arc<KeySet>) {
-        let config = Config::for_tests("sqlite://unit-unused.db", SECRET).expect("config");
+        let config =
+            Config::for_tests("postgres://unused@127.0.0.1:1/unused", SECRET).expect("config");
         let url = "http://127.0.0.1:9/auth/v1/.well-known/jwks.json"
             .parse()
             .expect("url");
