@@ -407,14 +407,17 @@ async fn begin_postgres(
     // `sqlx::query` in the handler leaves a named statement on the server (see `begin_sql`),
     // so the slate is wiped first; the store's own prepared read goes with it and is
     // prepared again by the connection's next read.
+    // A connection with sqlx's cache on (a server that proved direct) keeps its statements:
+    // sqlx closes what it evicts, and only that connection ever sees them.
+    let wipe_statements = settings.wipe_statements && !lease.has_statement_cache();
     let sql = begin_sql(
         settings.rls,
         claims,
         session,
         settings.timeout,
-        settings.wipe_statements,
+        wipe_statements,
     );
-    if settings.wipe_statements {
+    if wipe_statements {
         lease.set_prepared_read(None);
     }
     let rows = sqlx::raw_sql(AssertSqlSafe(sql))

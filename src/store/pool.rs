@@ -59,6 +59,7 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 ///     retire_wait: Duration::from_secs(4),
 ///     cancel_abandoned: true,
 ///     session_limits: Some("set statement_timeout = 2700".to_owned()),
+///     direct_statement_cache: Some(100),
 /// };
 /// let pool = ConnPool::new("postgres://postgres@127.0.0.1/postgres".parse()?, settings);
 /// let mut lease = pool.acquire().await?;
@@ -106,6 +107,12 @@ pub struct PoolSettings {
     /// gets none of them, and its work carries transaction-local bounds instead (see
     /// [`Lease::has_session_limits`]). Needs `cancel_abandoned`, which reads the port.
     pub session_limits: Option<String>,
+    /// sqlx's statement cache size for connections opened once the server proved direct (an
+    /// earlier connection of this pool found it listening on the port connected to). The
+    /// first connection, and every one while that is unknown, is opened with the cache of the
+    /// connect options (off, behind a possible pooler): sqlx names cached statements by a
+    /// per-connection counter, which only a server of our own keeps straight.
+    pub direct_statement_cache: Option<usize>,
 }
 
 /// A lazily connecting pool of [`PgConnection`]s; cheap to clone. Its `Debug` names the
@@ -124,6 +131,10 @@ impl std::fmt::Debug for ConnPool {
 // By hand: `PgConnectOptions`' derived `Debug` prints the password.
 struct Shared {
     options: PgConnectOptions,
+    /// `options` with sqlx's statement cache on, for a server that proved direct.
+    direct_options: Option<PgConnectOptions>,
+    /// Set once a connection found the server listening on the port connected to.
+    proved_direct: AtomicBool,
     settings: PoolSettings,
     slots: Arc<Semaphore>,
     idle: Mutex<Vec<Idle>>,
@@ -146,6 +157,8 @@ struct Conn {
     pid: Option<i32>,
     /// Whether `session_limits` were set on this connection at connect.
     session_limited: bool,
+    /// Whether this connection runs with sqlx's statement cache on.
+    statement_cache: bool,
     /// The tag of the SQL-level prepared statement the store's reads may `EXECUTE` here.
     prepared_read: Option<u64>,
 }
@@ -174,6 +187,10 @@ impl ConnPool {
         let slots = Arc::new(Semaphore::new(settings.max_connections as usize));
         Self {
             shared: Arc::new(Shared {
+                direct_options: settings
+                    .direct_statement_cache
+                    .map(|n| options.clone().statement_cache_capacity(n)),
+                proved_direct: AtomicBool::new(false),
                 options,
                 settings,
                 slots,
@@ -362,15 +379,36 @@ impl Shared {
     /// A new connection with its set-up done. A set-up that fails closes the connection
     /// properly, so its backend ends rather than waits.
     async fn connect(&self) -> Result<Conn, sqlx::Error> {
-        let mut conn = self.options.connect().await?;
+        let cached = match &self.direct_options {
+            Some(direct) if self.proved_direct.load(Ordering::Relaxed) => Some(direct),
+            _ => None,
+        };
+        let mut conn = cached.unwrap_or(&self.options).connect().await?;
         match self.set_up(&mut conn).await {
-            Ok((pid, session_limited)) => Ok(Conn {
-                conn,
-                created: Instant::now(),
-                pid,
-                session_limited,
-                prepared_read: None,
-            }),
+            Ok((pid, session_limited)) => {
+                // The port test passed: the pool's later connections may cache statements.
+                if pid.is_some() {
+                    self.proved_direct.store(true, Ordering::Relaxed);
+                } else if cached.is_some() {
+                    // Opened with the cache on, and the server no longer passes the test
+                    // (the address now leads to a pooler): never use it; start over.
+                    self.proved_direct.store(false, Ordering::Relaxed);
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
+                    return Err(sqlx::Error::Protocol(
+                        "the server stopped answering on the port connected to; reconnecting"
+                            .into(),
+                    ));
+                }
+                Ok(Conn {
+                    conn,
+                    created: Instant::now(),
+                    pid,
+                    session_limited,
+                    // This connection itself passed the same test, or it would not cache.
+                    statement_cache: cached.is_some() && pid.is_some(),
+                    prepared_read: None,
+                })
+            }
             Err(e) => {
                 let _ = tokio::time::timeout(Duration::from_secs(1), conn.close()).await;
                 Err(e)
@@ -541,6 +579,13 @@ impl Lease {
         self.conn.as_ref().is_some_and(|c| c.session_limited)
     }
 
+    /// Whether this connection runs with sqlx's statement cache on (see
+    /// [`PoolSettings::direct_statement_cache`]): plain `sqlx::query`s on it are prepared once
+    /// and reused, as sqlx does by default.
+    pub fn has_statement_cache(&self) -> bool {
+        self.conn.as_ref().is_some_and(|c| c.statement_cache)
+    }
+
     /// Records which SQL-level prepared statement the store's reads may `EXECUTE` on this
     /// connection, by the random tag in its name. It stays with the connection across leases,
     /// since a prepared statement lives as long as the session, whatever transaction it was
@@ -659,6 +704,7 @@ mod tests {
             retire_wait: Duration::from_secs(2),
             cancel_abandoned: false,
             session_limits: None,
+            direct_statement_cache: None,
         }
     }
 

@@ -1,8 +1,8 @@
 //! The Postgres store: row-level security per transaction, statements safe behind any
 //! transaction-mode pooler.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -70,6 +70,12 @@ fn profile_select(sub: &str, session: Option<&str>) -> String {
         None => format!("select id, full_name, avatar_url from public.users where id = {sub}"),
     }
 }
+
+/// The profile read with bind parameters, for sqlx's own named statements (see
+/// [`PoolSettings::direct_statement_cache`]): the same text every other read form runs.
+static BOUND_PROFILE: LazyLock<String> = LazyLock::new(|| profile_select("$1", None));
+static BOUND_PROFILE_AND_SESSION: LazyLock<String> =
+    LazyLock::new(|| profile_select("$1", Some("$2")));
 
 /// The name of a connection's prepared read: `tag` is random and drawn afresh for every
 /// attempt to prepare one, so no two connections (nor two attempts on one connection) share a
@@ -304,6 +310,10 @@ impl PgStore {
             cancel_abandoned: config.prepared_statements != PreparedStatements::Off,
             // On a connection that proved direct the bounds are set once, for the session, so
             // that a read is the one statement it was; elsewhere each read carries them.
+            // Auto: once the server proved direct, later connections cache statements as sqlx
+            // does by default (`on` has the cache in its options already).
+            direct_statement_cache: (config.prepared_statements == PreparedStatements::Auto)
+                .then_some(100),
             session_limits: (config.prepared_statements != PreparedStatements::Off).then(|| {
                 server_limits_sql(server_limit(config.db_timeout)).replace("set local ", "set ")
             }),
@@ -387,6 +397,19 @@ impl PgStore {
         form: ReadForm,
         deadline: Instant,
     ) -> Result<Option<sqlx::postgres::PgRow>, sqlx::Error> {
+        if !self.rls && lease.has_statement_cache() && !self.pooler_detected() {
+            // A server of our own with sqlx's cache on: the select as a named statement over
+            // the extended protocol, prepared once per connection and then one round trip with
+            // binary results; the session's limits bound it on the server.
+            let sub = claims.sub.uuid();
+            let query = match session {
+                Some(session) => sqlx::query(BOUND_PROFILE_AND_SESSION.as_str())
+                    .bind(sub)
+                    .bind(session),
+                None => sqlx::query(BOUND_PROFILE.as_str()).bind(sub),
+            };
+            return query.fetch_optional(&mut **lease).await;
+        }
         // A session-level bound holds only where the session is ours alone; once a pooler
         // showed itself, every read carries its own.
         let mut sql = if lease.has_session_limits() && !self.pooler_detected() {
