@@ -572,3 +572,56 @@ async fn pooler_connection_state_does_not_leak_between_clients() {
         "{seen:?}"
     );
 }
+
+#[tokio::test]
+async fn pooler_once_the_server_proved_direct_an_rls_off_read_is_sqlx_s_own_cached_statement() {
+    // The pool's first connection proves the server direct; a connection opened after that
+    // caches statements as sqlx does by default, and the DB_RLS=off read runs as one named
+    // statement over the extended protocol instead of a simple-protocol EXECUTE.
+    let db = TestDb::new().await;
+    let user = Uuid::new_v4();
+    db.seed_user(user, Some("Ada")).await;
+    let config = config_with(&db.url, |raw| {
+        raw.db_max_connections = Some("2".into());
+        raw.db_rls = Some("off".into());
+    });
+    let store = PgStore::connect_lazy(&config).unwrap();
+    let app = TestApp::spawn_over(config, store.clone()).await;
+    let token = token_for(user);
+    let read = || async {
+        let r = app.get_with_token("/name", &token).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"full_name": "Ada"})
+        );
+    };
+    read().await;
+    // Hold the first connection, so the reads below open and use a second one.
+    let first = store.acquire().await.unwrap();
+    assert!(!first.has_statement_cache(), "opened before the server proved direct");
+    for _ in 0..12 {
+        read().await;
+    }
+    let mut second = store.acquire().await.unwrap();
+    assert!(second.has_statement_cache());
+    let held: Vec<(String, i64)> = sqlx::query_as(
+        "select name, generic_plans + custom_plans from pg_prepared_statements order by name",
+    )
+    .persistent(false)
+    .fetch_all(&mut *second)
+    .await
+    .unwrap();
+    assert!(
+        held.iter()
+            .any(|(name, used)| name.starts_with("sqlx_s_") && *used == 12),
+        "{held:?}"
+    );
+    assert!(
+        held.iter().all(|(name, _)| !name.starts_with("sjs_")),
+        "{held:?}"
+    );
+    assert!(!store.pooler_detected());
+    second.release();
+    first.release();
+}
