@@ -599,7 +599,10 @@ async fn pooler_once_the_server_proved_direct_an_rls_off_read_is_sqlx_s_own_cach
     read().await;
     // Hold the first connection, so the reads below open and use a second one.
     let first = store.acquire().await.unwrap();
-    assert!(!first.has_statement_cache(), "opened before the server proved direct");
+    assert!(
+        !first.has_statement_cache(),
+        "opened before the server proved direct"
+    );
     for _ in 0..12 {
         read().await;
     }
