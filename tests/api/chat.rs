@@ -4,7 +4,6 @@
 //! client that goes away mid-answer.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,24 +11,9 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::fake_llm::FakeLlm;
-use crate::helpers::{SECRET, TestDb, assert_error, claims, client, sign, token_for};
-
-/// The example's binary, next to this test binary's `deps/` folder. `cargo test` without
-/// target flags builds examples; `scripts/test` runs `cargo build --examples` first.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let debug = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let bin = debug.join("examples").join("chat");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --example chat` (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
+use crate::helpers::{
+    SECRET, TestDb, assert_error, claims, client, example_binary, sign, token_for,
+};
 
 /// A running instance of the example; killed when dropped.
 struct ChatApp {
@@ -43,7 +27,7 @@ impl ChatApp {
     /// 60 s) for the line saying where it listens.
     fn spawn(database_url: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut command = Command::new(example_binary());
+        let mut command = Command::new(example_binary("chat"));
         // A clean environment (and a folder without a .env), so nothing of the developer's
         // shell, such as an LLM_BASE_URL, leaks into the test.
         command
@@ -987,7 +971,7 @@ fn the_dockerfile_builds_the_chat_example_when_asked_and_the_context_carries_it(
 async fn chat_migrate_applies_the_services_schema_and_the_chats_on_an_empty_database() {
     let db = TestDb::empty().await;
     let dir = tempfile::tempdir().unwrap();
-    let status = Command::new(example_binary())
+    let status = Command::new(example_binary("chat"))
         .arg("migrate")
         .env_clear()
         .current_dir(dir.path())

@@ -535,3 +535,20 @@ pub fn mint_demo_token(config: &Config, ttl_seconds: i64) -> String {
     };
     supabase_jwt_service::mint::mint(config, &request).expect("mint")
 }
+
+/// `target/<profile>/examples/<name>`, next to this test binary's `deps/` folder: the tests of
+/// an example run its binary, which `scripts/test` builds first (`cargo build --examples`).
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --example {name}` (scripts/test does)",
+        bin.display()
+    );
+    bin
+}

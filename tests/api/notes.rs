@@ -4,7 +4,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,29 +16,12 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::helpers::{
-    SECRET, TestDb, claims_in_session, client, config_with, pgbouncer_url, sign, token_for,
-    with_database,
+    SECRET, TestDb, claims_in_session, client, config_with, example_binary, pgbouncer_url, sign,
+    token_for, with_database,
 };
 
 /// The example's own migration, applied by the in-process tests the way the example does.
 const NOTES_SQL: &str = include_str!("../../examples/notes/postgres.sql");
-
-/// `target/<profile>/examples/notes`, next to this test binary's `deps/` folder. `cargo test`
-/// builds examples; `scripts/test -- NAME` builds it first.
-fn example_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let bin = profile_dir.join("examples").join("notes");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --example notes` (scripts/test does)",
-        bin.display()
-    );
-    bin
-}
 
 /// The example running as its own process, on an address it picked (port 0).
 struct Notes {
@@ -51,7 +33,7 @@ impl Notes {
     /// Starts the example with the service's variables and waits (at most 60 s) for its
     /// "listening" log line.
     fn start(env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(example_binary());
+        let mut command = Command::new(example_binary("notes"));
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
