@@ -237,6 +237,9 @@ impl Config {
             non_empty(&raw.insecure_local_defaults_on_network),
             false,
         )?;
+        // The local stack's secret is published: on any interface but loopback it would let
+        // anyone who can reach the port mint a token for any user.
+        let on_network = !host.to_canonical().is_loopback();
         let mut using_local_stack_defaults = false;
         if jwt_secret.is_none() && supabase_url.is_none() {
             if database_url.is_postgres() {
@@ -245,9 +248,6 @@ impl Config {
                     "with a Postgres DATABASE_URL set SUPABASE_JWT_SECRET or SUPABASE_URL (or both)",
                 ));
             }
-            // The local stack's secret is published: on any interface but loopback it would
-            // let anyone who can reach the port mint a token for any user.
-            let on_network = !host.to_canonical().is_loopback();
             if on_network && !local_defaults_on_network {
                 return Err(ConfigError::new(
                     "SUPABASE_JWT_SECRET",
@@ -261,6 +261,24 @@ impl Config {
             jwt_secret = Some(Secret::new(LOCAL_STACK_JWT_SECRET));
             supabase_url = Some(parse_supabase_url(LOCAL_STACK_URL)?);
             using_local_stack_defaults = true;
+        }
+
+        // The same secret set on purpose (a `.env` pasted from `supabase status` onto a server)
+        // is just as public: refused off loopback whatever else is configured.
+        if on_network
+            && !local_defaults_on_network
+            && jwt_secret
+                .as_ref()
+                .is_some_and(Secret::is_published_local_secret)
+        {
+            return Err(ConfigError::new(
+                "SUPABASE_JWT_SECRET",
+                format!(
+                    "is the Supabase CLI's published local secret, which anyone can sign tokens with, and HOST={host} is not loopback: \
+                     set the project's own JWT secret (Dashboard > Project Settings > JWT Keys), or HOST=127.0.0.1 for the local stack \
+                     ({LOCAL_DEFAULTS_ON_NETWORK_VAR}=on overrides this for a throwaway local container)"
+                ),
+            ));
         }
 
         let jwks_url = match &supabase_url {
@@ -734,6 +752,31 @@ mod tests {
             Config::from_raw(&raw, false).unwrap_err().var,
             LOCAL_DEFAULTS_ON_NETWORK_VAR
         );
+    }
+
+    #[test]
+    fn the_published_secret_set_explicitly_serves_loopback_only() {
+        let published = |host: &str, url: Option<&str>, opt_in: Option<&str>| RawConfig {
+            host: Some(host.into()),
+            database_url: Some("postgres://app:pw@db.example.com:5432/postgres".into()),
+            supabase_jwt_secret: Some(LOCAL_STACK_JWT_SECRET.into()),
+            supabase_url: url.map(Into::into),
+            insecure_local_defaults_on_network: opt_in.map(Into::into),
+            ..RawConfig::default()
+        };
+        for (host, url) in [
+            ("0.0.0.0", None),
+            ("::", None),
+            ("10.0.0.5", Some("https://abcd.supabase.co")),
+        ] {
+            let err = Config::from_raw(&published(host, url, None), false).unwrap_err();
+            assert_eq!(err.var, "SUPABASE_JWT_SECRET", "{host}");
+            assert!(!err.to_string().contains(LOCAL_STACK_JWT_SECRET));
+            assert!(!err.to_string().contains('\n'));
+        }
+        assert!(Config::from_raw(&published("0.0.0.0", None, Some("on")), false).is_ok());
+        assert!(Config::from_raw(&published("127.0.0.1", None, None), false).is_ok());
+        assert!(Config::from_raw(&published("::1", None, None), false).is_ok());
     }
 
     // Dev mode is the embedded store's.

@@ -221,10 +221,7 @@ pub async fn build_state(config: Config) -> Result<AppState, StartError> {
 /// Applies the Postgres migrations to `url`.
 pub async fn run_migrations(url: &config::DatabaseUrl) -> Result<(), StartError> {
     use sqlx::ConnectOptions;
-    let options: sqlx::postgres::PgConnectOptions = url
-        .expose()
-        .parse()
-        .map_err(|e| StartError::Store(format!("{e}")))?;
+    let options = store::postgres::connect_options(url).map_err(StartError::store)?;
     let mut conn = tokio::time::timeout(Duration::from_secs(15), options.connect())
         .await
         .map_err(|_| StartError::Store(format!("no answer from {} within 15 s", url.masked())))?

@@ -1,7 +1,7 @@
 # Sourced by scripts/test, scripts/loadtest and scripts/soak: installs and starts a throwaway
 # PostgreSQL and a PgBouncer in transaction mode on loopback, and stops them on exit.
 # After `services_start`: PG_PORT, BOUNCER_PORT, PG_BIN, SVC_WORK, TEST_DATABASE_URL,
-# TEST_PGBOUNCER_URL, TEST_PG_BIN_DIR, TEST_PG_RUN_AS are set. `services_stop` is idempotent.
+# TEST_PGBOUNCER_URL, TEST_PGBOUNCER_BIN, TEST_PG_BIN_DIR, TEST_PG_RUN_AS are set. `services_stop` is idempotent.
 
 svc_log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -89,6 +89,8 @@ INI
   # For tests that need a private cluster to stop or freeze (outage tests).
   export TEST_PG_BIN_DIR="$PG_BIN"
   export TEST_PG_RUN_AS="${SVC_RUN_AS[*]}"
+  # For tests that start a PgBouncer of their own (one left at its default settings).
+  export TEST_PGBOUNCER_BIN="$pgbouncer_bin"
 }
 
 # The postmaster's pid (for CPU accounting).

@@ -244,6 +244,23 @@ pub(crate) fn quote_literal(text: &str) -> String {
     quoted
 }
 
+/// How every connection of ours to Postgres starts, from `url`: named for `pg_stat_activity`,
+/// with statements never logged (the RLS context carries the verified claims, email included,
+/// in its SQL text), and without the `extra_float_digits` startup parameter. sqlx sends that one
+/// by default, and a PgBouncer left at its defaults (no `ignore_startup_parameters`) refuses
+/// every connection that carries it. Postgres 12 and later print floats exactly without it
+/// (the default, 1, selects the shortest exact form), and sqlx reads them in binary anyway
+/// wherever it prepares.
+pub(crate) fn connect_options(
+    url: &crate::config::DatabaseUrl,
+) -> Result<PgConnectOptions, StoreError> {
+    let options: PgConnectOptions = url.expose().parse().map_err(StoreError::unavailable)?;
+    Ok(options
+        .application_name("supabase-jwt-service")
+        .extra_float_digits(None)
+        .disable_statement_logging())
+}
+
 /// Profiles in Postgres (Supabase, or any Postgres 14+ migrated by `migrate`). Its `Debug`
 /// never shows the password.
 #[derive(Clone)]
@@ -272,16 +289,7 @@ impl PgStore {
     /// A store over a lazily connecting pool: the service starts even while the database is
     /// down, and reports it through `/readyz` and 503s until it returns.
     pub fn connect_lazy(config: &Config) -> Result<Self, StoreError> {
-        let mut options: PgConnectOptions = config
-            .database_url
-            .expose()
-            .parse()
-            .map_err(StoreError::unavailable)?;
-        // The RLS context carries the verified claims (email included) in its SQL text, so
-        // statements are never logged, at any level.
-        options = options
-            .application_name("supabase-jwt-service")
-            .disable_statement_logging();
+        let mut options = connect_options(&config.database_url)?;
         if config.prepared_statements != PreparedStatements::On {
             // Behind a transaction-mode pooler a statement sqlx names on one backend is
             // missing on the next, or is another client connection's statement of the same

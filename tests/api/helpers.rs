@@ -552,3 +552,89 @@ pub fn example_binary(name: &str) -> std::path::PathBuf {
     );
     bin
 }
+
+/// A PgBouncer of the test's own in transaction mode in front of the test server, with
+/// `extra` appended to its `[pgbouncer]` section: by default nothing else, as a self-hosted
+/// or platform pooler is often left (no `ignore_startup_parameters`). Stopped on drop.
+pub struct PrivateBouncer {
+    dir: tempfile::TempDir,
+    /// Its loopback port.
+    pub port: u16,
+}
+
+impl PrivateBouncer {
+    /// Starts one forwarding every database to the server of `TEST_DATABASE_URL`.
+    pub fn start(extra: &str) -> Self {
+        let bin =
+            std::env::var("TEST_PGBOUNCER_BIN").expect("TEST_PGBOUNCER_BIN: run scripts/test");
+        let upstream = reqwest::Url::parse(&admin_url()).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("sjs-bouncer")
+            .tempdir()
+            .unwrap();
+        // PgBouncer runs as an unprivileged user when the tests run as root.
+        let _ = Command::new("chmod")
+            .args(["777", dir.path().to_str().unwrap()])
+            .status();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path = |name: &str| dir.path().join(name).display().to_string();
+        std::fs::write(path("userlist.txt"), "\"postgres\" \"\"\n").unwrap();
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={upstream_port}\n\
+             [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+             auth_type = trust\nauth_file = {users}\npool_mode = transaction\n\
+             logfile = {log}\npidfile = {pid}\n{extra}\n",
+            upstream_port = upstream.port().unwrap_or(5432),
+            users = path("userlist.txt"),
+            log = path("pgbouncer.log"),
+            pid = path("pgbouncer.pid"),
+        );
+        std::fs::write(path("pgbouncer.ini"), ini).unwrap();
+        for file in ["pgbouncer.ini", "userlist.txt"] {
+            let _ = Command::new("chmod").args(["666", &path(file)]).status();
+        }
+        let run_as = std::env::var("TEST_PG_RUN_AS").unwrap_or_default();
+        let mut words = run_as.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(first) => {
+                let mut cmd = Command::new(first);
+                cmd.args(words).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
+        check(cmd.args(["-d", &path("pgbouncer.ini")]));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pgbouncer did not start: {}",
+                std::fs::read_to_string(path("pgbouncer.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { dir, port }
+    }
+
+    /// `db`'s URL through this pooler: plain, nothing in it says "pooler".
+    pub fn url(&self, db: &TestDb) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{}", self.port, db.name)
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PrivateBouncer {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}

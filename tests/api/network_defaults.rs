@@ -175,3 +175,78 @@ async fn the_published_secret_set_with_postgres_starts_with_a_loud_warning() {
     }
     assert!(!local.logs().contains("PUBLISHED"), "{}", local.logs());
 }
+
+/// A `.env` pasted from `supabase status` onto a server: a Postgres URL, the CLI's published
+/// secret set explicitly, `HOST=0.0.0.0`. Refused (exit 2, one line naming the variable) unless
+/// the throwaway-container opt-in is on; on loopback it is the `supabase start` workflow.
+#[tokio::test]
+async fn the_published_secret_set_explicitly_never_serves_the_network() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let published = |host: &str| {
+        let mut cmd = bin(dir.path());
+        cmd.env("HOST", host)
+            .env("DATABASE_URL", &db.url)
+            .env("SUPABASE_JWT_SECRET", LOCAL_STACK_JWT_SECRET);
+        cmd
+    };
+
+    for (case, host, supabase_url) in [
+        ("IPv4 any, secret only", "0.0.0.0", None),
+        ("IPv6 any", "::", None),
+        (
+            "with a project URL too",
+            "0.0.0.0",
+            Some("https://abcd.supabase.co"),
+        ),
+    ] {
+        let mut cmd = published(host);
+        if let Some(url) = supabase_url {
+            cmd.env("SUPABASE_URL", url);
+        }
+        let run = attempt(cmd);
+        assert_eq!(run.code, Some(2), "{case}: {}", run.stderr);
+        assert!(!run.listened, "{case}: a listener came up");
+        let line = run.stderr.trim_end();
+        assert_eq!(line.lines().count(), 1, "{case}: {line}");
+        assert!(line.contains("SUPABASE_JWT_SECRET"), "{case}: {line}");
+        assert!(
+            line.contains(LOCAL_DEFAULTS_ON_NETWORK_VAR),
+            "{case}: {line}"
+        );
+        assert!(!line.contains(LOCAL_STACK_JWT_SECRET), "{case}: {line}");
+    }
+
+    // The opt-in serves it, loudly; loopback serves it as ordinary local development.
+    db.seed_user(DEMO_USER.parse().unwrap(), Some("Demo")).await;
+    for (case, host, opt_in) in [
+        ("opt-in on 0.0.0.0", "0.0.0.0", true),
+        ("loopback", "127.0.0.1", false),
+    ] {
+        let mut cmd = published(host);
+        if opt_in {
+            cmd.env(LOCAL_DEFAULTS_ON_NETWORK_VAR, "on");
+        }
+        let server = Server::start(cmd);
+        let token = {
+            let out = published("127.0.0.1")
+                .args(["mint", "--sub", DEMO_USER])
+                .output()
+                .expect("mint");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let r = client()
+            .get(server.url("/name"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{case}: {}", server.logs());
+        assert!(
+            server.logs().contains("PUBLISHED"),
+            "{case}: {}",
+            server.logs()
+        );
+        assert!(!server.logs().contains(LOCAL_STACK_JWT_SECRET), "{case}");
+    }
+}

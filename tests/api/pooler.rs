@@ -628,3 +628,39 @@ async fn pooler_once_the_server_proved_direct_an_rls_off_read_is_sqlx_s_own_cach
     second.release();
     first.release();
 }
+
+/// A PgBouncer left at its defaults but for `pool_mode = transaction`: no
+/// `ignore_startup_parameters`, so it refuses any startup parameter it does not track itself
+/// (`extra_float_digits`, which sqlx sends unless told not to). Readiness, reads and writes
+/// all work through it with a plain URL, under RLS and without.
+#[tokio::test]
+async fn pooler_with_default_settings_serves_reads_and_writes() {
+    let bouncer = PrivateBouncer::start("");
+    for rls in ["on", "off"] {
+        let db = TestDb::new().await;
+        let user = Uuid::new_v4();
+        db.seed_user(user, Some("Ada")).await;
+        let app = TestApp::spawn(config_with(&bouncer.url(&db), |raw| {
+            raw.db_rls = Some(rls.into());
+        }))
+        .await;
+        let ready = app.get("/readyz").await;
+        assert_eq!(ready.status(), 200, "DB_RLS={rls}: {}", bouncer.log());
+        let r = app.get_with_token("/name", &token_for(user)).await;
+        assert_eq!(r.status(), 200, "DB_RLS={rls}: {}", bouncer.log());
+        assert_eq!(
+            r.json::<Value>().await.unwrap(),
+            json!({"full_name": "Ada"})
+        );
+        let r = app
+            .put_name(&token_for(user), &json!({"full_name": "Grace"}))
+            .await;
+        assert_eq!(r.status(), 200, "DB_RLS={rls}");
+        assert_eq!(db.full_name(user).await.as_deref(), Some("Grace"));
+        assert!(
+            !bouncer.log().contains("unsupported startup parameter"),
+            "{}",
+            bouncer.log()
+        );
+    }
+}
