@@ -2,15 +2,16 @@
 
 use axum::Router;
 
-use crate::routes;
+use crate::http;
 use crate::state::AppState;
 
 /// The finished application: the built-in `/healthz` and `/readyz`, the routes you merge, and,
 /// once you call [`into_router`](Self::into_router) or [`serve`](crate::serve), the service's
 /// whole middleware stack around all of them: sensitive `Authorization` and cookies, request
 /// id, trace span and log line, metrics by matched route, `Server-Timing`, CORS from
-/// `CORS_ALLOWED_ORIGINS`, `REQUEST_TIMEOUT_SECONDS`, a JSON 500 on a panic, the body limit,
-/// the JSON 404 and 405 fallbacks, and the [`Tx`](crate::Tx) layer.
+/// `CORS_ALLOWED_ORIGINS`, `REQUEST_TIMEOUT_SECONDS`, a JSON 500 on a panic, the body limit
+/// and `BODY_READ_TIMEOUT_SECONDS`, the [`Tx`](crate::Tx) layer, JSON 404 and 405 fallbacks, and
+/// every error answer in the contract's JSON shape.
 ///
 /// The stack is applied last, after every merge: a `Router::layer` reaches only the routes
 /// that exist when it is called, which is why routes merged into a finished router used to
@@ -18,7 +19,7 @@ use crate::state::AppState;
 ///
 /// ```
 /// use axum::{Router, routing::get};
-/// use supabase_jwt_service::{App, AppState, Claims, Config, build_state};
+/// use supabase_jwt_service::{App, AppState, Claims, Config};
 ///
 /// async fn hello(claims: Claims) -> String {
 ///     format!("hello {}", claims.sub)
@@ -35,7 +36,7 @@ use crate::state::AppState;
 ///     .listen(([127, 0, 0, 1], 0).into())
 ///     .metrics_addr(None)
 ///     .build()?;
-/// let state = build_state(config).await?;
+/// let state = AppState::build(config).await?;
 /// let mine: Router<AppState> = Router::new().route("/hello", get(hello));
 /// let app = App::new(state).with_profile_routes().merge(mine);
 /// let router = app.into_router(); // or `serve(listener, app, shutdown)`
@@ -56,13 +57,13 @@ impl App {
     pub fn new(state: AppState) -> Self {
         Self {
             state,
-            routes: routes::health::routes(),
+            routes: http::health::routes(),
         }
     }
 
     /// Adds the service's own profile routes: `GET /name`, `PUT /name`, `GET /me`.
     pub fn with_profile_routes(self) -> Self {
-        self.merge(routes::profile())
+        self.merge(http::profile_routes())
     }
 
     /// Adds your routes. Panics, as [`Router::merge`] does, if a path is already taken.
@@ -80,14 +81,7 @@ impl App {
     /// in tests, or for a server of your own (which then lacks [`serve`](crate::serve)'s
     /// connection limits).
     pub fn into_router(self) -> Router {
-        routes::finish(self.routes, self.state)
-    }
-}
-
-/// The service as the binary serves it: built-in health and profile routes.
-impl From<AppState> for App {
-    fn from(state: AppState) -> Self {
-        App::new(state).with_profile_routes()
+        http::finish(self.routes, self.state)
     }
 }
 

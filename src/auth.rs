@@ -1,14 +1,13 @@
-//! Authentication: reading the bearer token, verifying it, and the `ValidUser` extractor.
+//! Authentication: reading the bearer token and verifying it against the project's keys. No
+//! database and no HTTP answers here: the extractors (`crate::extract`) and the error table
+//! (`crate::ApiError`) build on it.
 
-pub mod bearer;
+pub(crate) mod bearer;
 mod cache;
 mod claims;
-pub(crate) mod extractor;
 pub mod jwks;
-mod profile;
 mod verify;
 
 pub use claims::{Claims, UserId};
-pub use extractor::ValidUser;
-pub use profile::Profile;
+pub use jwks::{KeySet, KeySetError};
 pub use verify::{AuthError, Verifier};

@@ -1,15 +1,36 @@
-//! `ApiError`: one variant per row of the contract's error table, and its JSON response.
+//! `ApiError`: one variant per row of the contract's error table, its JSON response, and every
+//! conversion into it (`From` the auth, database and sqlx errors), so handlers use `?`.
+
+use std::borrow::Cow;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::auth::AuthError;
+use crate::db::DbError;
+
 /// Seconds a client should wait before retrying a 503.
 pub(crate) const RETRY_AFTER_SECONDS: u32 = 2;
 
-/// Every error the HTTP API can answer, as the contract's error table lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Every error the HTTP API can answer, as the contract's error table lists them, in one JSON
+/// shape: `{"error": CODE, "message": TEXT}`, with `WWW-Authenticate` on the auth rows and
+/// `Retry-After` on 503 and 429. Return it from your handlers (`?` converts the crate's errors
+/// and `sqlx::Error`); the crate's extractors reject with it.
+///
+/// ```
+/// use axum::http::StatusCode;
+/// use supabase_jwt_service::ApiError;
+///
+/// let missing = ApiError::not_found("no such note");
+/// assert_eq!((missing.status(), missing.code()), (StatusCode::NOT_FOUND, "not_found"));
+/// assert_eq!(missing.message(), "no such note");
+/// let locked = ApiError::custom(StatusCode::CONFLICT, "note_locked", "this note is locked");
+/// assert_eq!(locked.code(), "note_locked");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ApiError {
     /// No `Authorization` header, or not the Bearer scheme.
     MissingToken,
@@ -23,12 +44,15 @@ pub enum ApiError {
     ProfileNotFound,
     /// A dependency (store or key set) is unavailable; try again shortly.
     Unavailable,
-    /// No such route.
+    /// No such route. For a missing resource of your own, [`ApiError::not_found`] says which.
     NotFound,
     /// The route exists, the method does not.
     MethodNotAllowed,
-    /// The body is not JSON of the expected shape, or breaks a field rule.
+    /// The body is not JSON of the expected shape, or breaks a field rule. For the rule it
+    /// broke, [`ApiError::invalid_body`] says which.
     InvalidBody,
+    /// 408 `request_timeout`: the body did not arrive within `BODY_READ_TIMEOUT_SECONDS`.
+    RequestTimeout,
     /// The body is not `application/json`.
     UnsupportedMediaType,
     /// The body is over the size limit.
@@ -49,20 +73,20 @@ pub enum ApiError {
         status: StatusCode,
         /// The stable `error` code.
         code: &'static str,
-        /// The fixed human-readable sentence.
-        message: &'static str,
+        /// The human-readable sentence.
+        message: Cow<'static, str>,
     },
 }
 
 #[derive(Serialize)]
-struct Body {
+struct Body<'a> {
     error: &'static str,
-    message: &'static str,
+    message: &'a str,
 }
 
 impl ApiError {
     /// The HTTP status.
-    pub fn status(self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingToken | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope => StatusCode::FORBIDDEN,
@@ -71,18 +95,19 @@ impl ApiError {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidBody => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnavailableFor(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::UpstreamError => StatusCode::BAD_GATEWAY,
-            Self::Custom { status, .. } => status,
+            Self::Custom { status, .. } => *status,
         }
     }
 
     /// The stable `error` code clients branch on.
-    pub fn code(self) -> &'static str {
+    pub fn code(&self) -> &'static str {
         match self {
             Self::MissingToken => "missing_token",
             Self::InvalidToken => "invalid_token",
@@ -93,6 +118,7 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidBody => "invalid_body",
+            Self::RequestTimeout => "request_timeout",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Internal => "internal",
@@ -102,8 +128,10 @@ impl ApiError {
         }
     }
 
-    /// A human-readable sentence. Deliberately fixed per code: internal reasons go to logs only.
-    pub fn message(self) -> &'static str {
+    /// A human-readable sentence: fixed per code for the crate's rows (internal reasons go to
+    /// logs only), yours for [`ApiError::custom`], [`not_found`](Self::not_found) and
+    /// [`invalid_body`](Self::invalid_body).
+    pub fn message(&self) -> &str {
         match self {
             Self::MissingToken => "send the user's access token as `Authorization: Bearer <token>`",
             Self::InvalidToken => "the access token is invalid or expired; sign in again",
@@ -115,9 +143,8 @@ impl ApiError {
             }
             Self::NotFound => "no such route",
             Self::MethodNotAllowed => "method not allowed on this route",
-            Self::InvalidBody => {
-                "expected a JSON object {\"full_name\": string or null}, at most 200 characters, no control characters"
-            }
+            Self::InvalidBody => "the body is not the JSON this route expects",
+            Self::RequestTimeout => "the request body did not arrive in time",
             Self::UnsupportedMediaType => "send the body as Content-Type: application/json",
             Self::PayloadTooLarge => "the request body is larger than 16 KiB",
             Self::Internal => "internal error",
@@ -127,26 +154,46 @@ impl ApiError {
         }
     }
 
-    /// An answer of your own in the error shape (see [`ApiError::Custom`]).
+    /// An answer of your own in the error shape (see [`ApiError::Custom`]); `message` may be a
+    /// `&'static str` (then this is a `const`) or a `String`.
     pub const fn custom(status: StatusCode, code: &'static str, message: &'static str) -> Self {
         Self::Custom {
             status,
             code,
-            message,
+            message: Cow::Borrowed(message),
+        }
+    }
+
+    /// 404 `not_found` for a resource of yours that does not exist (or that row-level security
+    /// hides), saying which.
+    pub fn not_found(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::Custom {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+
+    /// 422 `invalid_body` saying which rule the body broke.
+    pub fn invalid_body(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::Custom {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid_body",
+            message: message.into(),
         }
     }
 
     /// The `Retry-After` seconds this answer carries, if any.
-    pub fn retry_after(self) -> Option<u32> {
+    pub fn retry_after(&self) -> Option<u32> {
         match self {
             Self::Unavailable => Some(RETRY_AFTER_SECONDS),
-            Self::UnavailableFor(seconds) | Self::RateLimited(seconds) => Some(seconds.max(1)),
+            Self::UnavailableFor(seconds) | Self::RateLimited(seconds) => Some((*seconds).max(1)),
             _ => None,
         }
     }
 
     /// The RFC 6750 `WWW-Authenticate` challenge, for the auth rows.
-    fn challenge(self) -> Option<&'static str> {
+    fn challenge(&self) -> Option<&'static str> {
         match self {
             Self::MissingToken => Some("Bearer"),
             Self::InvalidToken => Some("Bearer error=\"invalid_token\""),
@@ -183,6 +230,7 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // For the request's log line (`error.code`), and so the stack knows it is ours.
         response.extensions_mut().insert(self);
         response
     }
@@ -196,6 +244,11 @@ impl IntoResponse for ApiError {
 /// values) goes to the log only.
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // A transaction that begins on first use fails inside the query that began it; the
+        // database layer recorded the failure already.
+        if let Some(db) = DbError::inside(&e) {
+            return Self::from_db(db);
+        }
         match &e {
             sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
@@ -243,6 +296,40 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// An auth failure answers the contract's row for it; the reason stays in logs and metrics.
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Missing => ApiError::MissingToken,
+            AuthError::DuplicateHeader => ApiError::InvalidRequest,
+            AuthError::KeySetUnavailable => ApiError::Unavailable,
+            AuthError::UnknownKidCoolingDown(seconds) => ApiError::UnavailableFor(seconds),
+            AuthError::NotUserToken | AuthError::RoleNotAllowed | AuthError::ClientNotAllowed => {
+                ApiError::InsufficientScope
+            }
+            _ => ApiError::InvalidToken,
+        }
+    }
+}
+
+/// A database failure: an outage is 503 `unavailable`, an ended session 401 `invalid_token`,
+/// a route written for the other store 500 `internal` (the database layer logged why).
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        Self::from_db(&e)
+    }
+}
+
+impl ApiError {
+    fn from_db(e: &DbError) -> Self {
+        match e {
+            DbError::SessionEnded => AuthError::SessionEnded.into(),
+            DbError::WrongStore { .. } => ApiError::Internal,
+            _ => ApiError::Unavailable,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,6 +364,17 @@ mod tests {
             (StatusCode::CONFLICT, "note_locked")
         );
         assert_eq!(e.retry_after(), None);
+        let e = ApiError::not_found(format!("no note {}", 7));
+        assert_eq!((e.status(), e.code(), e.message()), (StatusCode::NOT_FOUND, "not_found", "no note 7"));
+    }
+
+    #[test]
+    fn database_errors_answer_their_rows_even_through_sqlx() {
+        assert_eq!(ApiError::from(DbError::SessionEnded), ApiError::InvalidToken);
+        let wrapped = DbError::SessionEnded.into_sqlx();
+        assert_eq!(ApiError::from(wrapped), ApiError::InvalidToken);
+        let outage = DbError::unavailable(sqlx::Error::PoolTimedOut).into_sqlx();
+        assert_eq!(ApiError::from(outage), ApiError::Unavailable);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::app::App;
+use crate::startup::StartError;
 
 /// Largest request head (request line and headers) accepted; a larger one is answered
 /// `431 Request Header Fields Too Large` by hyper and the connection closed. Supabase access
@@ -25,23 +26,40 @@ pub(crate) const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// router, so nothing legitimate needs more; it bounds what an idle connection can pin.
 const MAX_READ_BUFFER_BYTES: usize = 64 * 1024;
 
-/// Serves `app` on `listener` until `shutdown` resolves. `app` is an [`App`] with your routes
-/// merged, or an [`AppState`](crate::AppState) for the service as the binary serves it. Then it turns `/readyz` to 503, stops
-/// accepting (new connections are refused), lets in-flight requests finish for up to
-/// `SHUTDOWN_TIMEOUT_SECONDS`, and closes whatever connections remain.
+/// Serves `app` on `listener` until `shutdown` resolves (give it
+/// [`shutdown_signal`](crate::shutdown_signal) for SIGTERM and Ctrl-C). It logs the start-up
+/// line (address, store, keys; loud warnings for the Supabase CLI's published secret), starts
+/// the Prometheus listener on `METRICS_ADDR` (with the `prometheus` feature; `off` for none),
+/// then serves. On shutdown it turns `/readyz` to 503, stops accepting (new connections are
+/// refused), lets in-flight requests finish for up to `SHUTDOWN_TIMEOUT_SECONDS`, and closes
+/// whatever connections remain.
 ///
 /// Each connection must send a request's headers within `HEADER_READ_TIMEOUT_SECONDS` (this
-/// also bounds how long an idle keep-alive connection stays open), in at most
-/// 16 KiB of headers; at most `HTTP_MAX_CONNECTIONS` are served at once, and further
-/// clients wait in the listen backlog until one ends.
+/// also bounds how long an idle keep-alive connection stays open), in at most 16 KiB of
+/// headers; at most `HTTP_MAX_CONNECTIONS` are served at once, and further clients wait in the
+/// listen backlog until one ends.
+///
+/// ```no_run
+/// use supabase_jwt_service::{App, AppState, Config, serve, shutdown_signal};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::from_env()?;
+/// let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
+/// serve(listener, App::new(AppState::build(config).await?), shutdown_signal()).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn serve(
     listener: TcpListener,
-    app: impl Into<App>,
+    app: App,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = app.into();
-    let config = app.state().config.clone();
-    let flag = app.state().shutdown.clone();
+) -> Result<(), StartError> {
+    let state = app.state().clone();
+    let config = state.config().http.clone();
+    let flag = state.shutdown().clone();
+    #[cfg(feature = "prometheus")]
+    crate::startup::spawn_metrics_listener(&state).await?;
+    crate::startup::log_startup(state.config(), listener.local_addr()?);
     let app = app.into_router();
 
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -51,7 +69,7 @@ pub async fn serve(
         .max_buf_size(MAX_READ_BUFFER_BYTES)
         .keep_alive(true);
 
-    let slots = Arc::new(Semaphore::new(connection_cap(config.http_max_connections)));
+    let slots = Arc::new(Semaphore::new(connection_cap(config.max_connections)));
     let graceful = GracefulShutdown::new();
     // Flips to true when the drain time is up: connection tasks still running then stop.
     let (close_tx, close_rx) = watch::channel(false);
@@ -96,6 +114,7 @@ pub async fn serve(
             let _ = close_tx.send(true);
         }
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

@@ -1,48 +1,45 @@
-//! Start-up: opening and migrating the store, the key-set HTTP client, the `DB_RLS` role
-//! check, the shutdown signal, the metrics listener and the start-up log with its curl hint.
-//! The binary and the examples share these; `lib.rs` re-exports the public ones.
+//! Start-up: building the state (the database, its `DB_RLS` role check, the verifier and its key
+//! set), the metrics listener, the start-up log, and the shutdown signal.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-#[cfg(feature = "prometheus")]
-use tokio::net::TcpListener;
+use crate::auth::{KeySetError, Verifier};
+use crate::config::{Config, ConfigError, INSECURE_LOCAL_DEFAULTS_ON_NETWORK, Secret};
+use crate::db::{Db, DbError, Store};
+use crate::state::AppState;
 
-#[cfg(feature = "sqlite")]
-use crate::store::SqliteStore;
-use crate::store::{Instrumented, PgStore, UserStore};
-use crate::{
-    AppState, Config, ConfigError, ShutdownFlag, Verifier, auth, config, store, telemetry,
-};
-
-/// Why the service could not start (or `migrate` could not finish).
+/// Why the service could not start (or a migration could not finish).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// A setting is wrong: exit status 2.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The store could not be opened or migrated.
-    #[error("store: {0}")]
-    Store(String),
-    /// The listener could not be bound.
+    /// The database could not be opened or migrated.
+    #[error("database: {}{}", .0, cause_of(.0))]
+    Db(#[from] DbError),
+    /// The key set's HTTP client could not be built.
+    #[error("key set: {0}")]
+    KeySet(#[from] KeySetError),
+    /// A listener could not be bound.
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
-    /// The metrics recorder could not be installed.
-    #[error("metrics: {0}")]
-    Metrics(#[from] telemetry::metrics::InstallError),
+    /// The process-wide metrics recorder is someone else's (set `METRICS_ADDR=off`).
+    #[error("metrics: another metrics recorder is already installed in this process; set METRICS_ADDR=off to keep it")]
+    Metrics,
+}
+
+/// A database failure's cause, after its kind: what happened, without a password (sqlx's
+/// messages name the host and user, never the URL's credentials).
+fn cause_of(e: &DbError) -> String {
+    std::error::Error::source(e)
+        .map(|cause| format!(": {cause}"))
+        .unwrap_or_default()
 }
 
 impl StartError {
-    /// A store that could not be opened, with its cause: the store's message names only the
-    /// kind of failure, the cause says what happened.
-    fn store(e: store::StoreError) -> Self {
-        match std::error::Error::source(&e) {
-            Some(cause) => Self::Store(format!("{e}: {cause}")),
-            None => Self::Store(e.to_string()),
-        }
-    }
-
-    /// The process exit status for this error.
+    /// The process exit status for this error: 2 for a configuration error, else 1.
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Config(_) => 2,
@@ -51,201 +48,55 @@ impl StartError {
     }
 }
 
-/// Most redirects the key-set client follows, all on the key set's own origin.
-const MAX_KEY_SET_REDIRECTS: usize = 3;
-
-/// The key-set HTTP client: bounded connect and total time, so a slow identity server can
-/// never hold a request for long. It follows a redirect only within the origin (scheme, host,
-/// port) it was sent to, at most [`MAX_KEY_SET_REDIRECTS`] times: the keys must come from the
-/// configured project, not from wherever a misconfigured or compromised proxy points. A refused
-/// redirect is answered as a failed fetch (the 3xx status), and the last good keys stay in use.
-fn http_client() -> Result<reqwest::Client, StartError> {
-    let same_origin = reqwest::redirect::Policy::custom(|attempt| {
-        let origin = attempt.previous().first().map(reqwest::Url::origin);
-        if attempt.previous().len() > MAX_KEY_SET_REDIRECTS
-            || origin.is_some_and(|o| o != attempt.url().origin())
-        {
-            attempt.stop()
-        } else {
-            attempt.follow()
-        }
-    });
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(5))
-        .redirect(same_origin)
-        .user_agent(concat!("supabase-jwt-service/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| StartError::Store(format!("http client: {e}")))
-}
-
-/// Opens the store (migrating the embedded one, and Postgres when `migrate_postgres`), loads
-/// the keys and returns the state the router needs.
-pub async fn build_state_with(
-    config: Config,
-    migrate_postgres: bool,
-) -> Result<AppState, StartError> {
-    let store: Arc<dyn UserStore> = if config.database_url.is_postgres() {
-        if migrate_postgres {
-            run_migrations(&config.database_url).await?;
-        }
-        let pg = PgStore::connect_lazy(&config).map_err(StartError::store)?;
-        if config.db_rls {
-            match role_switch_problem(&pg, &config.allowed_roles, config.db_timeout).await {
-                Ok(None) => {}
-                Ok(Some(problem)) => return Err(ConfigError::new("DB_RLS", problem).into()),
-                // The database being down at start must not stop the service: it answers 503
-                // and recovers on its own. The role check runs again on the next start.
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not check the role switch for DB_RLS=on; database not answering")
+impl AppState {
+    /// Opens what `config` names: the database (Postgres lazily, so the service starts while
+    /// it is down; the embedded store opened and migrated now), the verifier with the
+    /// project's key set fetched in the background, and, under `DB_RLS=on`, a check that the
+    /// database user may switch to each of `JWT_ALLOWED_ROLES` (a refusal is a configuration
+    /// error naming `DB_RLS`; a database that does not answer only a warning). It does not
+    /// migrate Postgres: run [`db::migrate`](crate::db::migrate) for that.
+    ///
+    /// ```no_run
+    /// use supabase_jwt_service::{App, AppState, Config, serve, shutdown_signal};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = Config::from_env()?;
+    /// let listener = tokio::net::TcpListener::bind(config.http.listen).await?;
+    /// let app = App::new(AppState::build(config).await?).with_profile_routes();
+    /// serve(listener, app, shutdown_signal()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let db = Db::connect(&config.db).await?;
+        match db.store() {
+            Store::Postgres(pg) if config.db.rls => {
+                match pg.role_switch_problem(&config.auth.allowed_roles).await {
+                    Ok(None) => {}
+                    Ok(Some(problem)) => return Err(ConfigError::new("DB_RLS", problem).into()),
+                    // The database being down at start must not stop the service: it answers
+                    // 503 and recovers on its own. The check runs again on the next start.
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "could not check the role switch for DB_RLS=on; database not answering"
+                    ),
                 }
             }
-        }
-        Arc::new(Instrumented::new(pg))
-    } else {
-        if config.session_check {
-            tracing::warn!(
+            Store::Postgres(_) => {}
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(_) if config.db.session_check => tracing::warn!(
                 "SESSION_CHECK=on needs Postgres (auth.sessions); the embedded store ignores it"
-            );
+            ),
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(_) => {}
         }
-        open_embedded(&config.database_url, config.db_timeout).await?
-    };
-
-    let key_set = match &config.jwks_url {
-        Some(url) => Some(auth::jwks::KeySet::new(url.clone(), http_client()?)),
-        None => None,
-    };
-    let verifier = Arc::new(Verifier::new(&config, key_set));
-    Ok(AppState {
-        config: Arc::new(config),
-        verifier,
-        store,
-        shutdown: ShutdownFlag::default(),
-    })
-}
-
-/// Opens and migrates the embedded store at `url`.
-#[cfg(feature = "sqlite")]
-async fn open_embedded(
-    url: &config::DatabaseUrl,
-    timeout: Duration,
-) -> Result<Arc<dyn UserStore>, StartError> {
-    let store = SqliteStore::open(url.expose(), timeout)
-        .await
-        .map_err(StartError::store)?;
-    Ok(Arc::new(Instrumented::new(store)))
-}
-
-/// Without the `sqlite` feature no `DatabaseUrl` names the embedded store (parsing refuses
-/// one), so this is reached only if that rule is ever broken: an error, never a panic.
-#[cfg(not(feature = "sqlite"))]
-async fn open_embedded(
-    _url: &config::DatabaseUrl,
-    _timeout: Duration,
-) -> Result<Arc<dyn UserStore>, StartError> {
-    Err(config::no_embedded_store("DATABASE_URL").into())
-}
-
-/// With `DB_RLS=on` each request's transaction switches to the token's role, one of
-/// `JWT_ALLOWED_ROLES`. Checks each listed role once at start: it exists, the database user
-/// may switch to it, and it does not bypass row-level security (a superuser or `BYPASSRLS`
-/// role would make every policy moot). `Ok(Some(problem))` names the first role that fails.
-async fn role_switch_problem(
-    pg: &PgStore,
-    roles: &[String],
-    limit: Duration,
-) -> Result<Option<String>, store::StoreError> {
-    use sqlx::Row;
-    // The simple protocol (no bind parameters) is what works through a transaction pooler,
-    // so the names travel as literals. `from_raw` allows only [a-z0-9_], but `Config` fields
-    // are public: escape anyway (E'' reads backslashes the same whatever the server settings).
-    let list = roles
-        .iter()
-        .map(|r| format!("(E'{}')", r.replace('\\', "\\\\").replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sql = format!(
-        "select r.name, \
-           exists (select 1 from pg_roles where rolname = r.name) as found, \
-           coalesce((select rolsuper from pg_roles where rolname = current_user), false) \
-             or coalesce((select pg_has_role(current_user, p.oid, 'member') \
-                          from pg_roles p where p.rolname = r.name), false) as may_switch, \
-           coalesce((select rolsuper or rolbypassrls from pg_roles where rolname = r.name), \
-                    false) as bypasses_rls \
-         from (values {list}) as r(name)"
-    );
-    let rows = tokio::time::timeout(limit, async {
-        let mut lease = pg.acquire().await?;
-        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .fetch_all(&mut *lease)
-            .await
-            .map_err(store::StoreError::unavailable)?;
-        lease.release();
-        Ok::<_, store::StoreError>(rows)
-    })
-    .await
-    .map_err(|_| store::StoreError::unavailable(store::NoAnswer(limit)))??;
-    for row in rows {
-        let get = |column: &str| {
-            row.try_get::<bool, _>(column)
-                .map_err(store::StoreError::unavailable)
-        };
-        let name: String = row
-            .try_get("name")
-            .map_err(store::StoreError::unavailable)?;
-        let problem = if !get("found")? {
-            format!(
-                "role `{name}` (JWT_ALLOWED_ROLES) does not exist in the database; create it (`migrate` creates `authenticated`), remove it from JWT_ALLOWED_ROLES, or set DB_RLS=off"
-            )
-        } else if !get("may_switch")? {
-            format!(
-                "the database user may not switch to role `{name}` (JWT_ALLOWED_ROLES); run `grant {name} to <user>` (`migrate` does it for `authenticated`), remove it from JWT_ALLOWED_ROLES, or set DB_RLS=off"
-            )
-        } else if get("bypasses_rls")? {
-            format!(
-                "role `{name}` (JWT_ALLOWED_ROLES) is a superuser or has BYPASSRLS, so row-level security would not apply to its requests; remove it from JWT_ALLOWED_ROLES"
-            )
-        } else {
-            continue;
-        };
-        return Ok(Some(problem));
+        let verifier = Arc::new(Verifier::from_config(&config.auth)?);
+        Ok(Self::from_parts(config, verifier, db))
     }
-    Ok(None)
 }
 
-/// [`build_state_with`] without migrating Postgres (the embedded store is always migrated).
-pub async fn build_state(config: Config) -> Result<AppState, StartError> {
-    build_state_with(config, false).await
-}
-
-/// Applies the Postgres migrations to `url`.
-pub async fn run_migrations(url: &config::DatabaseUrl) -> Result<(), StartError> {
-    use sqlx::ConnectOptions;
-    let options = store::postgres::connect_options(url).map_err(StartError::store)?;
-    let mut conn = tokio::time::timeout(Duration::from_secs(15), options.connect())
-        .await
-        .map_err(|_| StartError::Store(format!("no answer from {} within 15 s", url.masked())))?
-        .map_err(|e| StartError::Store(format!("connect to {}: {e}", url.masked())))?;
-    store::postgres::migrator()
-        .run_direct(None, &mut conn, false)
-        .await
-        .map_err(|e| StartError::Store(format!("migrate {}: {e}", url.masked())))?;
-    Ok(())
-}
-
-/// `migrate`: applies migrations to `DIRECT_DATABASE_URL` (else `DATABASE_URL`).
-pub async fn migrate(config: &Config) -> Result<(), StartError> {
-    let url = &config.direct_database_url;
-    if url.is_postgres() {
-        run_migrations(url).await?;
-    } else {
-        open_embedded(url, config.db_timeout).await?;
-    }
-    tracing::info!(database = %url.masked(), "migrations applied");
-    Ok(())
-}
-
-/// Resolves when the process receives Ctrl-C or SIGTERM.
+/// Resolves when the process receives Ctrl-C or SIGTERM: the `shutdown` to give
+/// [`serve`](crate::serve).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -269,27 +120,28 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Starts the Prometheus listener on `METRICS_ADDR`, its own socket and never the public
-/// one: installs the process-wide recorder, binds, and serves `GET /metrics` in a background
-/// task for the life of the runtime. Returns the bound address, or `None` when
-/// `METRICS_ADDR=off` (then nothing listens and nothing is recorded). Needs the `prometheus`
-/// feature (a default one).
+/// Starts the Prometheus listener on `METRICS_ADDR`, its own socket and never the public one:
+/// installs the process-wide recorder, binds, and serves `GET /metrics` in a background task
+/// for the life of the runtime. `None` when `METRICS_ADDR=off` (then nothing is recorded but
+/// by a recorder of your own).
 #[cfg(feature = "prometheus")]
-pub async fn spawn_metrics_listener(
+pub(crate) async fn spawn_metrics_listener(
     state: &AppState,
-) -> Result<Option<std::net::SocketAddr>, StartError> {
-    let Some(addr) = state.config.metrics_addr else {
+) -> Result<Option<SocketAddr>, StartError> {
+    use crate::telemetry::metrics;
+    let Some(addr) = state.config().telemetry.metrics_addr else {
         return Ok(None);
     };
-    let handle = telemetry::metrics::install()?;
-    let listener = TcpListener::bind(addr)
+    let handle = metrics::install().map_err(|_| StartError::Metrics)?;
+    let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("METRICS_ADDR {addr}: {e}")))?;
     let bound = listener.local_addr()?;
-    let store = state.store.clone();
+    let db = state.db().clone();
+    let pool: metrics::PoolSampler = Arc::new(move || Some(db.pool_stats()));
     tokio::spawn(async move {
         let forever = std::future::pending::<()>();
-        if let Err(e) = telemetry::metrics::serve(listener, handle, store, forever).await {
+        if let Err(e) = metrics::serve(listener, handle, pool, forever).await {
             tracing::error!(error = %e, "metrics listener stopped");
         }
     });
@@ -297,67 +149,40 @@ pub async fn spawn_metrics_listener(
     Ok(Some(bound))
 }
 
-/// Logs what a newcomer needs in dev mode: where it listens, which keys, and a curl command
-/// for the demo profile that calls `mint` (the token itself is never logged).
-pub fn log_startup(config: &Config, addr: std::net::SocketAddr) {
+/// The start-up log: where it listens, which store and keys, and loud warnings when the
+/// Supabase CLI's published local secret is in use (the secret itself is never logged).
+pub(crate) fn log_startup(config: &Config, addr: SocketAddr) {
     tracing::info!(
         %addr,
-        store = %config.database_url.masked(),
-        rls = config.db_rls,
-        prepared_statements = %config.prepared_statements,
-        issuer = config.issuer.as_deref().unwrap_or("(not checked)"),
-        key_set = config.jwks_url.as_ref().map(|u| u.as_str()).unwrap_or("(none)"),
-        hs256 = config.jwt_secret.is_some(),
+        store = %config.db.url.masked(),
+        rls = config.db.rls,
+        prepared_statements = %config.db.prepared_statements,
+        issuer = config.auth.issuer.as_deref().unwrap_or("(not checked)"),
+        key_set = config.auth.jwks_url.as_ref().map(|u| u.as_str()).unwrap_or("(none)"),
+        hs256 = config.auth.jwt_secret.is_some(),
         "listening"
     );
     let on_network = !addr.ip().to_canonical().is_loopback();
-    if config.using_local_stack_defaults {
+    if config.auth.local_stack_defaults {
         tracing::warn!(
             "no SUPABASE_JWT_SECRET or SUPABASE_URL set: using the Supabase CLI local stack's defaults (its published secret and http://127.0.0.1:54321); never do this in production"
         );
         if on_network {
             tracing::warn!(
                 %addr,
-                "INSECURE: {}=on serves the Supabase CLI's PUBLISHED secret on a non-loopback address: anyone who can reach {addr} can mint a token for any user; use this only in a throwaway local container",
-                config::LOCAL_DEFAULTS_ON_NETWORK_VAR
+                "INSECURE: {INSECURE_LOCAL_DEFAULTS_ON_NETWORK}=on serves the Supabase CLI's PUBLISHED secret on a non-loopback address: anyone who can reach {addr} can mint a token for any user; use this only in a throwaway local container"
             );
         }
     } else if config
+        .auth
         .jwt_secret
         .as_ref()
-        .is_some_and(config::Secret::is_published_local_secret)
-        && (on_network || config.database_url.is_postgres())
+        .is_some_and(Secret::is_published_local_secret)
+        && (on_network || config.db.url.is_postgres())
     {
         tracing::warn!(
             %addr,
             "INSECURE: SUPABASE_JWT_SECRET is the Supabase CLI's PUBLISHED local secret, which anyone can sign tokens with; set the project's own JWT secret from the dashboard"
-        );
-    }
-    if !config.database_url.is_postgres() {
-        let host = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            addr.ip().to_string()
-        };
-        let host = if addr.is_ipv6() && !addr.ip().is_unspecified() {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        let exe = std::env::current_exe()
-            .ok()
-            .and_then(|p| {
-                let cwd = std::env::current_dir().ok()?;
-                Some(
-                    p.strip_prefix(&cwd)
-                        .map(|r| format!("./{}", r.display()))
-                        .unwrap_or_else(|_| p.display().to_string()),
-                )
-            })
-            .unwrap_or_else(|| "supabase-jwt-service".to_owned());
-        tracing::info!(
-            "try it: curl -H \"Authorization: Bearer $({exe} mint --sub 5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f)\" http://{host}:{port}/name",
-            port = addr.port()
         );
     }
 }

@@ -9,7 +9,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use crate::config::LogFormat;
 
 mod json_line;
-pub mod metrics;
+pub(crate) mod metrics;
 pub(crate) mod server_timing;
 
 /// Builds a subscriber without installing it: JSON writes one object per line with

@@ -1,14 +1,15 @@
-//! A kit for testing routes built on this crate (feature `testing`): tokens signed the way
-//! Supabase Auth signs them, a local key-set server, the Postgres migrations for
-//! `#[sqlx::test]`, and a one-call `oneshot` helper.
+//! A kit for testing routes built on this crate (feature `testing`): a configuration for tests,
+//! an app on the database `#[sqlx::test]` gives you, tokens signed the way Supabase Auth signs
+//! them (HS256 with a test secret, or ES256 from a local key-set server), and a one-call
+//! `oneshot` helper.
 //!
 //! A handler tested in a few lines, on the embedded store:
 //!
 //! ```
 //! use axum::http::{Method, StatusCode};
 //! use axum::{Router, routing::get};
-//! use supabase_jwt_service::testing::{call, hs256_token, request};
-//! use supabase_jwt_service::{App, AppState, Claims, Config, build_state};
+//! use supabase_jwt_service::testing::{self, call, request};
+//! use supabase_jwt_service::{AccessToken, App, AppState, Claims};
 //!
 //! async fn hello(claims: Claims) -> String {
 //!     format!("hello {}", claims.sub)
@@ -18,14 +19,12 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
-//! let config = Config::builder()
+//! let config = testing::config()
 //!     .database_url(&format!("sqlite://{}/t.db", dir.path().display()))
-//!     .listen(([127, 0, 0, 1], 0).into()) // the local stack's secret serves loopback only
-//!     .metrics_addr(None)
 //!     .build()?;
-//! let token = hs256_token(&config, uuid::Uuid::new_v4())?;
+//! let token = AccessToken::for_user(uuid::Uuid::new_v4()).sign(&config.auth)?;
 //! let routes: Router<AppState> = Router::new().route("/hello", get(hello));
-//! let app = App::new(build_state(config).await?).merge(routes).into_router();
+//! let app = App::new(AppState::build(config).await?).merge(routes).into_router();
 //!
 //! let answer = call(&app, request(Method::GET, "/hello", Some(&token), None)).await;
 //! assert_eq!(answer.status, StatusCode::OK);
@@ -52,12 +51,16 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
-use crate::auth::UserId;
+use crate::auth::{UserId, Verifier};
 use crate::config::{Config, ConfigBuilder, ConfigError};
-use crate::mint::{MintRequest, access_token_claims, mint};
+use crate::db::Db;
+use crate::mint::AccessToken;
+use crate::startup::StartError;
+use crate::state::AppState;
 
 /// The service's Postgres migrations (the `auth` stand-in and `public.users`), for
-/// `#[sqlx::test]`, which then gives each test a fresh database (at `DATABASE_URL`) with them:
+/// `#[sqlx::test]`, which then gives each test a fresh database (at `DATABASE_URL`) with them;
+/// run your own on its pool first thing in the test, then build the app with [`state_on`]:
 ///
 /// ```no_run
 /// #[sqlx::test(migrator = "supabase_jwt_service::testing::MIGRATOR")]
@@ -67,8 +70,69 @@ use crate::mint::{MintRequest, access_token_claims, mint};
 ///     Ok(())
 /// }
 /// ```
-pub static MIGRATOR: LazyLock<sqlx::migrate::Migrator> =
-    LazyLock::new(crate::store::postgres::migrator);
+pub static MIGRATOR: LazyLock<sqlx::migrate::Migrator> = LazyLock::new(crate::db::pg_migrator);
+
+/// A configuration builder for tests: HS256 with [`SECRET`], a loopback listener on port 0,
+/// no metrics listener, JSON logs. Set the database (`.database_url(…)`) and anything else on
+/// it; [`state_on`] sets the database itself.
+///
+/// ```
+/// use supabase_jwt_service::testing;
+///
+/// let config = testing::config()
+///     .database_url("postgres://postgres@127.0.0.1:5432/postgres")
+///     .session_check(true)
+///     .build()?;
+/// assert!(config.db.session_check);
+/// # Ok::<(), supabase_jwt_service::ConfigError>(())
+/// ```
+pub fn config() -> ConfigBuilder {
+    Config::builder()
+        .jwt_secret(SECRET)
+        .listen(([127, 0, 0, 1], 0).into())
+        .metrics_addr(None)
+        .log_format(crate::config::LogFormat::Json)
+}
+
+/// The app's state on the database `pool` connects to: the one `#[sqlx::test]` made for your
+/// test, migrated with [`MIGRATOR`] and your own migrations. `config` is [`config()`] with
+/// anything you changed; its database URL is not used (the pool's connect options are). The
+/// app's own pool opens its connections to the same database, as the caller's role under
+/// row-level security, exactly as in production.
+///
+/// ```no_run
+/// use axum::http::{Method, StatusCode};
+/// use axum::{Router, routing::get};
+/// use supabase_jwt_service::testing::{self, call, request};
+/// use supabase_jwt_service::{AccessToken, ApiError, App, AppState, Json, Tx};
+///
+/// async fn bodies(mut tx: Tx) -> Result<Json<Vec<String>>, ApiError> {
+///     let rows = sqlx::query_scalar("select body from public.notes").fetch_all(&mut tx).await?;
+///     Ok(Json(rows))
+/// }
+///
+/// #[sqlx::test(migrator = "supabase_jwt_service::testing::MIGRATOR")]
+/// async fn a_user_sees_only_their_notes(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+///     sqlx::migrate!("./migrations").run(&pool).await?; // yours: public.notes and its policies
+///     let state = testing::state_on(&pool, testing::config()).await?;
+///     let token = AccessToken::for_user(uuid::Uuid::new_v4()).sign(&state.config().auth)?;
+///     let routes: Router<AppState> = Router::new().route("/bodies", get(bodies));
+///     let app = App::new(state).merge(routes).into_router();
+///     let answer = call(&app, request(Method::GET, "/bodies", Some(&token), None)).await;
+///     assert_eq!(answer.status, StatusCode::OK);
+///     assert_eq!(answer.json, serde_json::json!([]));
+///     Ok(())
+/// }
+/// ```
+pub async fn state_on(pool: &sqlx::PgPool, config: ConfigBuilder) -> Result<AppState, StartError> {
+    // Any Postgres URL satisfies the rules; the pool's options say where to connect.
+    let config = config
+        .database_url("postgres://sqlx-test@127.0.0.1/sqlx-test")
+        .build()?;
+    let db = Db::with_pg_options((*pool.connect_options()).clone(), &config.db)?;
+    let verifier = Verifier::from_config(&config.auth)?;
+    Ok(AppState::from_parts(config, std::sync::Arc::new(verifier), db))
+}
 
 /// The demo profile's id: the embedded store starts with this user (full name `Demo User`),
 /// and the service's start-up hint mints a token for it.
@@ -110,19 +174,15 @@ pub fn hs256_sign(claims: &Value, secret: &str) -> String {
     .unwrap_or_default()
 }
 
-fn one_hour(user: UserId) -> MintRequest {
-    MintRequest {
-        sub: user,
-        email: Some(format!("{user}@example.com")),
-        role: "authenticated".to_owned(),
-        ttl_seconds: 3600,
-    }
+/// An HS256 access token for `user` with the email `<user>@example.com`, valid for an hour,
+/// signed with `config`'s secret for its audience and issuer: what Supabase Auth issues to a
+/// signed-in user. [`AccessToken`] builds any other.
+pub fn hs256_token(config: &Config, user: impl Into<UserId>) -> Result<String, ConfigError> {
+    one_hour(user.into()).sign(&config.auth)
 }
 
-/// An HS256 access token for `user`, valid for an hour, signed with `config`'s secret for its
-/// audience and issuer: what Supabase Auth issues to a signed-in user.
-pub fn hs256_token(config: &Config, user: impl Into<UserId>) -> Result<String, ConfigError> {
-    mint(config, &one_hour(user.into()))
+fn one_hour(user: UserId) -> AccessToken {
+    AccessToken::for_user(user).email(format!("{user}@example.com"))
 }
 
 /// A key-set server on `127.0.0.1`, port 0, serving one freshly generated ES256 key at
@@ -142,8 +202,8 @@ pub fn hs256_token(config: &Config, user: impl Into<UserId>) -> Result<String, C
 ///     .database_url(&format!("sqlite://{}/t.db", dir.path().display()))
 ///     .metrics_addr(None)
 ///     .build()?;
-/// let verifier = supabase_jwt_service::build_state(config).await?.verifier;
-/// let claims = verifier.verify(&keys.token(uuid::Uuid::new_v4())).await?;
+/// let state = supabase_jwt_service::AppState::build(config).await?;
+/// let claims = state.verifier().verify(&keys.token(uuid::Uuid::new_v4())).await?;
 /// assert_eq!(claims.role, "authenticated");
 /// # Ok(())
 /// # }
@@ -217,11 +277,13 @@ impl JwksServer {
 
     /// An ES256 access token for `user`, valid for an hour, audience `authenticated`.
     pub fn token(&self, user: impl Into<UserId>) -> String {
-        self.sign(&access_token_claims(
-            "authenticated",
-            Some(&self.issuer()),
-            &one_hour(user.into()),
-        ))
+        self.sign_token(&one_hour(user.into()))
+    }
+
+    /// `token` signed with the server's key, for audience `authenticated` and this server's
+    /// issuer.
+    pub fn sign_token(&self, token: &AccessToken) -> String {
+        self.sign(&token.payload("authenticated", Some(&self.issuer())))
     }
 
     /// Signs any payload with the server's key (for tokens with claims of your own).

@@ -9,14 +9,14 @@ use super::AuthError;
 /// a user with 6 KiB of metadata holds a token of about 8.5 KiB. 12 KiB admits that with room
 /// to spare inside the 16 KiB request-head limit; the bound keeps hostile input from costing
 /// decode time.
-pub const MAX_TOKEN_LEN: usize = 12 * 1024;
+pub(crate) const MAX_TOKEN_LEN: usize = 12 * 1024;
 
 /// Returns the bearer token of the request's one `Authorization` header.
 ///
 /// None, or another scheme: [`AuthError::Missing`]. Two or more headers:
 /// [`AuthError::DuplicateHeader`]. A Bearer header whose credentials are empty, too long or not
 /// token68 characters: [`AuthError::Malformed`].
-pub fn token(headers: &HeaderMap) -> Result<&str, AuthError> {
+pub(crate) fn token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Err(AuthError::Missing);

@@ -36,7 +36,7 @@ pub(super) type Thumbprint = [u8; 32];
 
 /// The key-set key that verified a token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRef {
+pub(crate) struct KeyRef {
     /// The key's `kid`.
     pub kid: Arc<str>,
     /// The thumbprint of the material under that `kid` at verification time.
@@ -70,7 +70,7 @@ impl Shard {
 }
 
 /// What a lookup found.
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// A verified, unexpired token; `key` names the key-set key to re-check, if any.
     Hit(Claims, Option<KeyRef>),
     /// Not cached (or no longer valid): verify it.
@@ -78,7 +78,7 @@ pub enum Lookup {
 }
 
 /// The cache. A capacity or a byte budget of 0 disables it.
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
     shard_bytes: usize,
@@ -107,7 +107,7 @@ fn footprint(claims: &Claims, key: Option<&KeyRef>) -> usize {
 
 impl TokenCache {
     /// A cache holding at most about `capacity` tokens and `budget_bytes` bytes.
-    pub fn new(capacity: usize, budget_bytes: usize) -> Self {
+    pub(crate) fn new(capacity: usize, budget_bytes: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS),
@@ -117,7 +117,7 @@ impl TokenCache {
     }
 
     /// Whether the cache is on.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.per_shard > 0 && self.max_entry > 0
     }
 
@@ -126,7 +126,7 @@ impl TokenCache {
     }
 
     /// Looks `token` up at time `now` (seconds since the epoch).
-    pub fn get(&self, token: &str, now: u64) -> Lookup {
+    pub(crate) fn get(&self, token: &str, now: u64) -> Lookup {
         let key = cache_key(token);
         let Ok(mut shard) = self.shard(&key).lock() else {
             return Lookup::Miss(key);
@@ -145,7 +145,7 @@ impl TokenCache {
 
     /// Remembers a verified token until `valid_until`, unless it is too large to be worth its
     /// share of the budget.
-    pub fn insert(
+    pub(crate) fn insert(
         &self,
         key: Key,
         claims: &Claims,
@@ -206,7 +206,7 @@ impl TokenCache {
     }
 
     /// Forgets one token (its key-set key went away or changed).
-    pub fn remove(&self, token: &str) {
+    pub(crate) fn remove(&self, token: &str) {
         let key = cache_key(token);
         if let Ok(mut shard) = self.shard(&key).lock() {
             shard.remove(&key);
@@ -214,7 +214,7 @@ impl TokenCache {
     }
 
     /// Number of cached tokens (for tests and metrics).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0))
@@ -222,12 +222,14 @@ impl TokenCache {
     }
 
     /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// The estimated heap bytes of all cached entries (for tests and metrics).
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn bytes(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().map(|s| s.bytes).unwrap_or(0))
@@ -235,12 +237,14 @@ impl TokenCache {
     }
 
     /// The byte budget, as configured (rounded down to whole shards).
-    pub fn budget_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn budget_bytes(&self) -> usize {
         self.shard_bytes * SHARDS
     }
 
     /// The largest entry this cache keeps.
-    pub fn max_entry_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn max_entry_bytes(&self) -> usize {
         self.max_entry
     }
 }

@@ -8,9 +8,8 @@ use serde_json::{Map, Value};
 
 use super::cache::{KeyRef, Lookup, TokenCache};
 use super::claims::Claims;
-use super::jwks::KeySet;
-use crate::config::{Config, PROJECT_KEY_ROLES};
-use crate::error::ApiError;
+use super::jwks::{KeySet, KeySetError};
+use crate::config::{AuthConfig, PROJECT_KEY_ROLES};
 use crate::telemetry::metrics;
 
 /// Why a request was not authenticated. Internal: the response shows only the mapped
@@ -104,21 +103,6 @@ impl AuthError {
     }
 }
 
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::Missing => ApiError::MissingToken,
-            AuthError::DuplicateHeader => ApiError::InvalidRequest,
-            AuthError::KeySetUnavailable => ApiError::Unavailable,
-            AuthError::UnknownKidCoolingDown(seconds) => ApiError::UnavailableFor(seconds),
-            AuthError::NotUserToken | AuthError::RoleNotAllowed | AuthError::ClientNotAllowed => {
-                ApiError::InsufficientScope
-            }
-            _ => ApiError::InvalidToken,
-        }
-    }
-}
-
 /// Verifies access tokens: HS256 with the project's secret, and ES256/RS256/EdDSA with the
 /// key set's key of the token's `kid`.
 pub struct Verifier {
@@ -147,31 +131,63 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// Builds the verifier for `config`, with the key set (if any) the caller created.
+    /// The verifier `auth` describes: HS256 with its secret, and, with a key set URL, the
+    /// project's key set, fetched in the background from now on (call it inside a Tokio
+    /// runtime) with a client bounded in time that follows redirects only on the key set's
+    /// own origin.
+    ///
+    /// ```
+    /// use supabase_jwt_service::Config;
+    /// use supabase_jwt_service::auth::Verifier;
+    ///
+    /// let config = Config::builder()
+    ///     .database_url("postgres://app:pw@db.example.com:5432/postgres")
+    ///     .jwt_secret("a-project-jwt-secret-of-at-least-32-characters")
+    ///     .build()?;
+    /// let verifier = Verifier::from_config(&config.auth)?;
+    /// assert!(verifier.key_set().is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_config(auth: &AuthConfig) -> Result<Self, KeySetError> {
+        let key_set = match &auth.jwks_url {
+            Some(url) => Some(KeySet::new(url.clone(), key_set_client()?)),
+            None => None,
+        };
+        Ok(Self::new(auth, key_set))
+    }
+
+    /// The verifier for `auth` with the key set you built (for example
+    /// [`KeySet::from_jwks_json`] for fixed keys), or none.
     ///
     /// Also installs jsonwebtoken's aws-lc-rs crypto provider for the process, unless one is
     /// installed already: jsonwebtoken otherwise picks its backend from Cargo features, and an
     /// application that links this crate and enables `rust_crypto` too would make every
     /// verification panic.
-    pub fn new(config: &Config, key_set: Option<Arc<KeySet>>) -> Self {
+    pub fn new(auth: &AuthConfig, key_set: Option<Arc<KeySet>>) -> Self {
         install_crypto_provider();
         Self {
-            hs256: config
+            hs256: auth
                 .jwt_secret
                 .as_ref()
                 .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
             key_set,
-            audience: config.audience.clone(),
-            issuer: config.issuer.clone(),
-            leeway: config.leeway.as_secs(),
-            allowed_roles: config.allowed_roles.clone(),
-            allowed_client_ids: config.allowed_client_ids.clone(),
-            cache: TokenCache::new(config.token_cache_size, config.token_cache_bytes),
+            audience: auth.audience.clone(),
+            issuer: auth.issuer.clone(),
+            leeway: auth.leeway.as_secs(),
+            allowed_roles: auth.allowed_roles.clone(),
+            allowed_client_ids: auth.allowed_client_ids.clone(),
+            cache: TokenCache::new(auth.token_cache_size, auth.token_cache_bytes),
         }
     }
 
-    /// The verified-token cache (for metrics and tests).
-    pub fn cache(&self) -> &TokenCache {
+    /// How many verified tokens the cache holds now.
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// The verified-token cache, for the crate's tests.
+    #[cfg(test)]
+    pub(crate) fn cache(&self) -> &TokenCache {
         &self.cache
     }
 
@@ -342,6 +358,34 @@ impl Verifier {
     }
 }
 
+/// Most redirects the key-set client follows, all on the key set's own origin.
+const MAX_KEY_SET_REDIRECTS: usize = 3;
+
+/// The key-set HTTP client: bounded connect and total time, so a slow identity server can
+/// never hold a request for long. It follows a redirect only within the origin (scheme, host,
+/// port) it was sent to, at most [`MAX_KEY_SET_REDIRECTS`] times: the keys must come from the
+/// configured project, not from wherever a misconfigured or compromised proxy points. A refused
+/// redirect is answered as a failed fetch (the 3xx status), and the last good keys stay in use.
+fn key_set_client() -> Result<reqwest::Client, KeySetError> {
+    let same_origin = reqwest::redirect::Policy::custom(|attempt| {
+        let origin = attempt.previous().first().map(reqwest::Url::origin);
+        if attempt.previous().len() > MAX_KEY_SET_REDIRECTS
+            || origin.is_some_and(|o| o != attempt.url().origin())
+        {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(5))
+        .redirect(same_origin)
+        .user_agent(concat!("supabase-jwt-service/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| KeySetError::Request(format!("http client: {e}")))
+}
+
 /// Installs jsonwebtoken's aws-lc-rs provider as the process default, once. When another is
 /// installed already (an embedding application chose one) that one stays: any installed
 /// provider verifies; only the feature-based fallback panics, when both backends are linked.
@@ -366,13 +410,16 @@ mod tests {
     const STANDBY_Y: &str = "S_QGmzOAvInnH0EU-b-vWMrvi3cItXC4Dr1yR-IsRnQ";
 
     fn verifier() -> (Verifier, Arc<KeySet>) {
-        let config =
-            Config::for_tests("postgres://unused@127.0.0.1:1/unused", SECRET).expect("config");
+        let config = crate::Config::builder()
+            .database_url("postgres://unused@127.0.0.1:1/unused")
+            .jwt_secret(SECRET)
+            .build()
+            .expect("config");
         let url = "http://127.0.0.1:9/auth/v1/.well-known/jwks.json"
             .parse()
             .expect("url");
         let key_set = KeySet::from_jwks_json(url, JWKS).expect("fixture set");
-        (Verifier::new(&config, Some(Arc::clone(&key_set))), key_set)
+        (Verifier::new(&config.auth, Some(Arc::clone(&key_set))), key_set)
     }
 
     fn token(alg: Algorithm, kid: &str, key: &EncodingKey) -> String {

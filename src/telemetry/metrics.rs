@@ -7,6 +7,10 @@
 //! (`metrics::set_default_local_recorder`) on a current-thread runtime, so tests running side by
 //! side in one process never see each other's counts.
 
+// Without the exporter nothing samples the gauges; the names and the sampler stay defined.
+#![cfg_attr(not(feature = "prometheus"), allow(dead_code))]
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,40 +29,39 @@ use {
     axum::routing::get,
     metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder},
     std::future::Future,
-    std::sync::{Arc, Mutex, PoisonError},
+    std::sync::{Mutex, PoisonError},
     tokio::net::TcpListener,
 };
 
-use crate::store::UserStore;
 
 /// Requests answered, by `method`, `route` and `status`.
-pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
+pub(crate) const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 /// Time to answer a request, by `route`.
-pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+pub(crate) const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 /// Token verifications, by `result` (`ok` or an `AuthError::reason()` label).
-pub const AUTH_OUTCOMES_TOTAL: &str = "auth_outcomes_total";
+pub(crate) const AUTH_OUTCOMES_TOTAL: &str = "auth_outcomes_total";
 /// Verified-token cache lookups, by result (`hit`, `miss`).
-pub const JWT_CACHE_LOOKUPS_TOTAL: &str = "jwt_cache_lookups_total";
+pub(crate) const JWT_CACHE_LOOKUPS_TOTAL: &str = "jwt_cache_lookups_total";
 /// Time spent in one store call, by `op`.
-pub const DB_QUERY_DURATION_SECONDS: &str = "db_query_duration_seconds";
+pub(crate) const DB_QUERY_DURATION_SECONDS: &str = "db_query_duration_seconds";
 /// Store failures, by `kind`.
-pub const DB_ERRORS_TOTAL: &str = "db_errors_total";
+pub(crate) const DB_ERRORS_TOTAL: &str = "db_errors_total";
 /// Open connections in the store's pool, sampled at scrape time.
-pub const DB_POOL_SIZE: &str = "db_pool_size";
+pub(crate) const DB_POOL_SIZE: &str = "db_pool_size";
 /// Idle connections in the store's pool, sampled at scrape time.
-pub const DB_POOL_IDLE: &str = "db_pool_idle";
+pub(crate) const DB_POOL_IDLE: &str = "db_pool_idle";
 /// The pool's upper bound (`DB_MAX_CONNECTIONS`), to read `db_pool_size` against.
-pub const DB_POOL_MAX: &str = "db_pool_max";
+pub(crate) const DB_POOL_MAX: &str = "db_pool_max";
 /// Key-set fetches, by `result`.
-pub const JWKS_FETCHES_TOTAL: &str = "jwks_fetches_total";
+pub(crate) const JWKS_FETCHES_TOTAL: &str = "jwks_fetches_total";
 /// Keys in the key set now in use.
-pub const JWKS_KEYS_LOADED: &str = "jwks_keys_loaded";
+pub(crate) const JWKS_KEYS_LOADED: &str = "jwks_keys_loaded";
 /// Seconds since the key set now in use was fetched.
-pub const JWKS_AGE_SECONDS: &str = "jwks_age_seconds";
+pub(crate) const JWKS_AGE_SECONDS: &str = "jwks_age_seconds";
 
 /// The `route` label of a request that matched no route. Never the raw URI: a scanner trying
 /// a million paths must not make a million time series.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
+pub(crate) const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// Histogram buckets in seconds, 1 ms to 10 s: most answers take a few milliseconds, and the
 /// slowest ones are bounded by `DB_TIMEOUT_SECONDS` and `REQUEST_TIMEOUT_SECONDS`.
@@ -75,11 +78,11 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// Why the process-wide recorder could not be installed.
 #[derive(Debug, thiserror::Error)]
 #[error("another metrics recorder is already installed in this process")]
-pub struct InstallError;
+pub(crate) struct InstallError;
 
 /// A recorder with our histogram buckets, not installed anywhere.
 #[cfg(feature = "prometheus")]
-pub fn recorder() -> PrometheusRecorder {
+pub(crate) fn recorder() -> PrometheusRecorder {
     let builder = PrometheusBuilder::new();
     // Only an empty bucket list is refused, and ours is not empty; should it ever be,
     // histograms fall back to summaries rather than failing start-up.
@@ -92,7 +95,7 @@ pub fn recorder() -> PrometheusRecorder {
 /// Installs the process-wide recorder (once; later calls return the same handle) and
 /// describes every metric. The handle renders the Prometheus text that `/metrics` serves.
 #[cfg(feature = "prometheus")]
-pub fn install() -> Result<PrometheusHandle, InstallError> {
+pub(crate) fn install() -> Result<PrometheusHandle, InstallError> {
     static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
     let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(handle) = installed.as_ref() {
@@ -107,7 +110,7 @@ pub fn install() -> Result<PrometheusHandle, InstallError> {
 }
 
 /// Gives every metric its `# HELP` text on the current recorder.
-pub fn describe() {
+pub(crate) fn describe() {
     describe_counter!(
         HTTP_REQUESTS_TOTAL,
         "HTTP requests answered, by method, matched route (or `unmatched`) and status"
@@ -151,7 +154,7 @@ pub fn describe() {
 
 /// Counts one answered request and its duration. `route` is the matched path, `None` when
 /// nothing matched.
-pub fn http_request(method: &Method, route: Option<&str>, status: StatusCode, elapsed: Duration) {
+pub(crate) fn http_request(method: &Method, route: Option<&str>, status: StatusCode, elapsed: Duration) {
     let route = route.unwrap_or(UNMATCHED_ROUTE).to_owned();
     counter!(
         HTTP_REQUESTS_TOTAL,
@@ -178,30 +181,46 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Counts one finished token verification: `ok`, or the `AuthError::reason()` label.
-pub fn auth_outcome(result: &'static str) {
+pub(crate) fn auth_outcome(result: &'static str) {
     counter!(AUTH_OUTCOMES_TOTAL, "result" => result).increment(1);
 }
 
 /// Counts one verified-token cache lookup: `hit` or `miss`.
-pub fn jwt_cache_lookup(result: &'static str) {
+pub(crate) fn jwt_cache_lookup(result: &'static str) {
     counter!(JWT_CACHE_LOOKUPS_TOTAL, "result" => result).increment(1);
 }
 
 /// Records the duration of one store call (`op`: `profile`, `set_full_name`, `ping`).
-pub fn db_query(op: &'static str, elapsed: Duration) {
+pub(crate) fn db_query(op: &'static str, elapsed: Duration) {
     histogram!(DB_QUERY_DURATION_SECONDS, "op" => op).record(elapsed.as_secs_f64());
 }
 
 /// Counts one store failure of `kind` (`acquire_timeout`, `timeout`, `connection`, …).
-pub fn db_error(kind: &'static str) {
+pub(crate) fn db_error(kind: &'static str) {
     counter!(DB_ERRORS_TOTAL, "kind" => kind).increment(1);
 }
 
 /// Counts one key-set fetch; `result` is a fixed label such as `ok`, `error`, `timeout`,
 /// `not_modified`. For the key-set code to call.
-pub fn jwks_fetch(result: &'static str) {
+pub(crate) fn jwks_fetch(result: &'static str) {
     counter!(JWKS_FETCHES_TOTAL, "result" => result).increment(1);
 }
+
+/// How full the database pool is, sampled for the `db_pool_*` gauges at each scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PoolStats {
+    /// `postgres` or `sqlite`: the gauges' `store` label.
+    pub(crate) store: &'static str,
+    /// Open connections, busy or idle.
+    pub(crate) size: u32,
+    /// Open connections waiting for work.
+    pub(crate) idle: usize,
+    /// The most connections the pool will open.
+    pub(crate) max: u32,
+}
+
+/// What a scrape samples the pool with: the database layer's answer, handed in by the app.
+pub(crate) type PoolSampler = Arc<dyn Fn() -> Option<PoolStats> + Send + Sync>;
 
 /// Unix time in milliseconds of the last key-set swap; 0 until one happens. A process-wide
 /// value, like the recorder it feeds.
@@ -210,7 +229,7 @@ static JWKS_LOADED_AT_MS: AtomicU64 = AtomicU64::new(0);
 /// Records that a freshly fetched key set of `keys` keys is now in use: sets `jwks_keys_loaded`
 /// and restarts the clock that `jwks_age_seconds` reads at every scrape. For the key-set code
 /// to call after each successful swap.
-pub fn jwks_keys_loaded(keys: usize) {
+pub(crate) fn jwks_keys_loaded(keys: usize) {
     gauge!(JWKS_KEYS_LOADED).set(keys as f64);
     JWKS_LOADED_AT_MS.store(unix_millis().max(1), Ordering::Relaxed);
 }
@@ -222,9 +241,9 @@ fn unix_millis() -> u64 {
 }
 
 /// Sets the gauges that are read rather than counted: pool occupancy and key-set age.
-pub fn sample(store: &dyn UserStore) {
-    if let Some(pool) = store.pool_stats() {
-        let kind = store.kind();
+pub(crate) fn sample(pool: Option<PoolStats>) {
+    if let Some(pool) = pool {
+        let kind = pool.store;
         gauge!(DB_POOL_SIZE, "store" => kind).set(f64::from(pool.size));
         gauge!(DB_POOL_IDLE, "store" => kind).set(pool.idle as f64);
         gauge!(DB_POOL_MAX, "store" => kind).set(f64::from(pool.max));
@@ -240,20 +259,20 @@ pub fn sample(store: &dyn UserStore) {
 #[derive(Clone)]
 struct Scrape {
     handle: PrometheusHandle,
-    store: Arc<dyn UserStore>,
+    pool: PoolSampler,
 }
 
 /// The metrics listener's router: `GET /metrics` samples the gauges, then renders `handle`.
 #[cfg(feature = "prometheus")]
-pub fn router(handle: PrometheusHandle, store: Arc<dyn UserStore>) -> Router {
+pub(crate) fn router(handle: PrometheusHandle, pool: PoolSampler) -> Router {
     Router::new()
         .route("/metrics", get(scrape))
-        .with_state(Scrape { handle, store })
+        .with_state(Scrape { handle, pool })
 }
 
 #[cfg(feature = "prometheus")]
 async fn scrape(State(scrape): State<Scrape>) -> Response {
-    sample(scrape.store.as_ref());
+    sample((scrape.pool)());
     (
         [(
             header::CONTENT_TYPE,
@@ -267,10 +286,10 @@ async fn scrape(State(scrape): State<Scrape>) -> Response {
 /// Serves [`router`] on `listener` until `shutdown` resolves, folding histogram samples
 /// every few seconds meanwhile.
 #[cfg(feature = "prometheus")]
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     handle: PrometheusHandle,
-    store: Arc<dyn UserStore>,
+    pool: PoolSampler,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let upkeep_handle = handle.clone();
@@ -282,7 +301,7 @@ pub async fn serve(
             upkeep_handle.run_upkeep();
         }
     };
-    let server = axum::serve(listener, router(handle, store)).with_graceful_shutdown(shutdown);
+    let server = axum::serve(listener, router(handle, pool)).with_graceful_shutdown(shutdown);
     tokio::select! {
         result = server => result,
         () = upkeep => Ok(()),

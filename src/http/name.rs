@@ -1,23 +1,21 @@
 //! `GET /name` and `PUT /name`: the caller's display name.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::auth::extractor::log_store_error;
-use crate::auth::{Claims, ValidUser};
+use crate::auth::Claims;
+use crate::db::Db;
 use crate::error::ApiError;
+use crate::extract::ValidUser;
+use crate::profile::{self, MAX_NAME_CHARS};
 use crate::state::AppState;
-use crate::store::UserStore;
 
-/// Longest accepted `full_name`, in characters (matches the table's check constraint).
-pub(super) const MAX_NAME_CHARS: usize = 200;
+/// What a wrong `PUT /name` body is told.
+const NAME_RULE: &str = "expected a JSON object {\"full_name\": string or null}, at most 200 characters, no control characters";
 
 /// Routes for `/name`.
 pub(super) fn routes() -> Router<AppState> {
@@ -39,47 +37,43 @@ pub(super) async fn get_name(user: ValidUser) -> Json<NameResponse> {
 
 /// Updates the caller's own `full_name` (under row-level security on Postgres).
 pub(super) async fn put_name(
-    State(store): State<Arc<dyn UserStore>>,
+    State(db): State<Db>,
     claims: Claims,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<NameResponse>, ApiError> {
     let full_name = parse_name_body(body)?;
-    match store.set_full_name(&claims, full_name.as_deref()).await {
-        Ok(Some(row)) => Ok(Json(NameResponse {
+    match profile::set_full_name(&claims, &db, full_name.as_deref()).await? {
+        Some(row) => Ok(Json(NameResponse {
             full_name: row.full_name,
         })),
-        Ok(None) => Err(ApiError::ProfileNotFound),
-        Err(e) => {
-            log_store_error(&e);
-            Err(e.into())
-        }
+        None => Err(ApiError::ProfileNotFound),
     }
 }
 
 /// Checks the body: `{"full_name": string or null}` and nothing else; the string is trimmed,
 /// at most [`MAX_NAME_CHARS`] characters, without control characters; blank becomes null.
 fn parse_name_body(body: Result<Json<Value>, JsonRejection>) -> Result<Option<String>, ApiError> {
-    let Json(value) = body.map_err(|rejection| match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
-        r if r.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
-        _ => ApiError::InvalidBody,
+    let invalid = || ApiError::invalid_body(NAME_RULE);
+    let Json(value) = body.map_err(|rejection| match crate::extract::json_rejection(&rejection) {
+        e if e.code() == "invalid_body" => invalid(),
+        e => e,
     })?;
     let Value::Object(mut object) = value else {
-        return Err(ApiError::InvalidBody);
+        return Err(invalid());
     };
     if object.len() != 1 {
-        return Err(ApiError::InvalidBody);
+        return Err(invalid());
     }
     match object.remove("full_name") {
         Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             let trimmed = s.trim();
             if trimmed.chars().count() > MAX_NAME_CHARS || trimmed.chars().any(char::is_control) {
-                return Err(ApiError::InvalidBody);
+                return Err(invalid());
             }
             Ok((!trimmed.is_empty()).then(|| trimmed.to_owned()))
         }
-        _ => Err(ApiError::InvalidBody),
+        _ => Err(invalid()),
     }
 }
 
@@ -111,7 +105,7 @@ mod tests {
             json!({"full_name": 3}),
             json!({"full_name": "a", "x": 1}),
         ] {
-            assert_eq!(parse(v), Err(ApiError::InvalidBody));
+            assert_eq!(parse(v), Err(ApiError::invalid_body(NAME_RULE)));
         }
     }
 
@@ -123,11 +117,11 @@ mod tests {
         );
         assert_eq!(
             parse(json!({"full_name": "é".repeat(201)})),
-            Err(ApiError::InvalidBody)
+            Err(ApiError::invalid_body(NAME_RULE))
         );
         assert_eq!(
             parse(json!({"full_name": "a\u{0007}b"})),
-            Err(ApiError::InvalidBody)
+            Err(ApiError::invalid_body(NAME_RULE))
         );
     }
 }

@@ -1,5 +1,5 @@
-//! The `ValidUser` extractor (and a claims-only variant) over any state that provides a
-//! [`Verifier`] and a [`UserStore`].
+//! The caller: [`Claims`] from the bearer token, and [`ValidUser`], the caller with their
+//! profile, over any state that provides a [`Verifier`] (and a [`Db`] for the profile).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,15 +8,25 @@ use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
-use super::{AuthError, Claims, Profile, Verifier, bearer};
-use crate::config::Config;
+use crate::auth::{AuthError, Claims, Verifier, bearer};
+use crate::db::Db;
 use crate::error::ApiError;
-use crate::store::{UserRow, UserStore};
+use crate::profile::{Profile, UserRow};
 use crate::telemetry::{metrics, server_timing};
 
 /// A signed-in user: verified claims and their profile, the service's `users` row by default
 /// or a [`Profile`] of your own (`ValidUser<MyProfile>`). Rejects with the contract's errors
 /// (401/403/400, 404 `profile_not_found`, 503 `unavailable`).
+///
+/// ```
+/// use supabase_jwt_service::ValidUser;
+///
+/// async fn greeting(user: ValidUser) -> String {
+///     let name = user.profile.full_name.as_deref().unwrap_or("there");
+///     format!("hello {name} ({})", user.claims.sub)
+/// }
+/// # let _: axum::routing::MethodRouter<supabase_jwt_service::AppState> = axum::routing::get(greeting);
+/// ```
 #[derive(Debug, Clone)]
 pub struct ValidUser<P = UserRow> {
     /// The verified token's claims.
@@ -26,8 +36,8 @@ pub struct ValidUser<P = UserRow> {
 }
 
 /// Verifies the request's bearer token, caching the result in the request extensions so a
-/// handler asking twice (or for both extractors) verifies once.
-async fn verified_claims<S>(parts: &mut Parts, state: &S) -> Result<Claims, AuthError>
+/// handler asking twice (or for several extractors) verifies once.
+pub(crate) async fn verified_claims<S>(parts: &mut Parts, state: &S) -> Result<Claims, AuthError>
 where
     Arc<Verifier>: FromRef<S>,
     S: Send + Sync,
@@ -57,6 +67,8 @@ where
     result
 }
 
+/// The verified caller: 401 `missing_token` without a bearer token, 401 `invalid_token` (or
+/// 403 `insufficient_scope`) for one that is not a user's valid access token.
 impl<S> FromRequestParts<S> for Claims
 where
     Arc<Verifier>: FromRef<S>,
@@ -69,6 +81,7 @@ where
     }
 }
 
+/// `None` only when no `Authorization` header is sent; a bad token is still rejected.
 impl<S> OptionalFromRequestParts<S> for Claims
 where
     Arc<Verifier>: FromRef<S>,
@@ -76,7 +89,6 @@ where
 {
     type Rejection = ApiError;
 
-    /// `None` only when no `Authorization` header is sent; a bad token is still rejected.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &S,
@@ -91,33 +103,30 @@ where
 impl<S, P: Profile> FromRequestParts<S> for ValidUser<P>
 where
     Arc<Verifier>: FromRef<S>,
-    Arc<dyn UserStore>: FromRef<S>,
-    Arc<Config>: FromRef<S>,
+    Db: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let claims = verified_claims(parts, state).await?;
-        let store = Arc::<dyn UserStore>::from_ref(state);
-        let config = Arc::<Config>::from_ref(state);
-        match P::load(&claims, &*store, &config).await? {
+        let db = Db::from_ref(state);
+        match P::load(&claims, &db).await? {
             Some(profile) => Ok(ValidUser { claims, profile }),
             None => Err(ApiError::ProfileNotFound),
         }
     }
 }
 
+/// `None` only when no `Authorization` header is sent; a bad token is still rejected.
 impl<S, P: Profile> OptionalFromRequestParts<S> for ValidUser<P>
 where
     Arc<Verifier>: FromRef<S>,
-    Arc<dyn UserStore>: FromRef<S>,
-    Arc<Config>: FromRef<S>,
+    Db: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
-    /// `None` only when no `Authorization` header is sent; a bad token is still rejected.
     async fn from_request_parts(
         parts: &mut Parts,
         state: &S,
@@ -128,21 +137,5 @@ where
         <ValidUser<P> as FromRequestParts<S>>::from_request_parts(parts, state)
             .await
             .map(Some)
-    }
-}
-
-/// Logs a store failure at the level it deserves (an ended session is the client's business,
-/// an outage is the operator's) and counts an outage in `db_errors_total`. Every store error
-/// that reaches an answer passes through here once, so this is the one place that counts it.
-pub(crate) fn log_store_error(e: &crate::store::StoreError) {
-    match e {
-        crate::store::StoreError::SessionEnded => {
-            tracing::debug!(target: "supabase_jwt_service::auth", reason = "session_ended", "token rejected");
-        }
-        crate::store::StoreError::Unavailable(cause) => {
-            let kind = e.kind().unwrap_or("other");
-            crate::telemetry::metrics::db_error(kind);
-            tracing::warn!(target: "supabase_jwt_service::store", kind, reason = %cause, "store unavailable");
-        }
     }
 }

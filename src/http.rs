@@ -1,4 +1,5 @@
-//! Router assembly: routes, JSON fallbacks and the middleware stack.
+//! The HTTP layer: the middleware stack every route of an [`App`](crate::App) runs inside,
+//! the JSON fallbacks, and the built-in routes.
 
 use std::time::{Duration, Instant};
 
@@ -14,27 +15,23 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::config::Config;
+use crate::config::HttpConfig;
 use crate::error::ApiError;
+use crate::extract::{deadline_body, settle_transaction};
 use crate::state::AppState;
 use crate::telemetry;
 
 pub(crate) mod health;
 mod me;
 mod name;
+mod plain_errors;
 
 /// Largest request body accepted (`PUT /name` needs a few hundred bytes).
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
-
-/// The service's router with all routes, fallbacks and middleware, ready to serve: the same
-/// as `App::from(state).into_router()`.
-pub fn router(state: AppState) -> Router {
-    crate::App::from(state).into_router()
-}
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// The service's profile routes, `GET /name`, `PUT /name` and `GET /me`, without middleware
 /// (see [`App::with_profile_routes`](crate::App::with_profile_routes)).
-pub fn profile() -> Router<AppState> {
+pub(crate) fn profile_routes() -> Router<AppState> {
     Router::new().merge(name::routes()).merge(me::routes())
 }
 
@@ -42,8 +39,10 @@ pub fn profile() -> Router<AppState> {
 /// gives them `state`. The stack goes on last: a layer wraps only the routes that exist when
 /// it is added.
 pub(crate) fn finish(routes: Router<AppState>, state: AppState) -> Router {
-    let config = state.config.clone();
+    let config = state.config().http.clone();
     let request_timeout = config.request_timeout;
+    let body_read_timeout = config.body_read_timeout;
+    let db = state.db().clone();
     // Outermost first. Everything runs after routing, so spans and metrics see the matched path.
     let middleware = ServiceBuilder::new()
         // Marks Authorization and cookies as sensitive so no layer below can log their values.
@@ -75,8 +74,13 @@ pub(crate) fn finish(routes: Router<AppState>, state: AppState) -> Router {
         .layer(middleware::from_fn::<_, (Request,)>(
             move |req: Request, next: Next| bound_request(request_timeout, req, next),
         ))
+        // Any error answer that is not ours yet (a plain-text rejection of an axum extractor
+        // in your handler) becomes the contract's JSON shape.
+        .layer(middleware::from_fn(plain_errors::as_json))
         // Outside the panic layer, so a panic's 500 rolls the handler's transaction back.
-        .layer(middleware::from_fn(crate::db::settle_transaction))
+        .layer(middleware::from_fn::<_, (Request,)>(
+            move |req: Request, next: Next| settle_transaction(db.clone(), req, next),
+        ))
         .layer(CatchPanicLayer::custom(
             |_panic: Box<dyn std::any::Any + Send>| {
                 tracing::error!("handler panicked");
@@ -84,6 +88,11 @@ pub(crate) fn finish(routes: Router<AppState>, state: AppState) -> Router {
             },
         ))
         .layer(middleware::from_fn(refuse_oversized_body))
+        .layer(middleware::map_request::<_, (Request,)>(
+            move |req: Request| async move {
+                req.map(|body| deadline_body(body, body_read_timeout))
+            },
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     routes
         .fallback(|| async { ApiError::NotFound })
@@ -206,7 +215,7 @@ async fn refuse_oversized_body(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn cors_layer(config: &Config) -> Option<CorsLayer> {
+fn cors_layer(config: &HttpConfig) -> Option<CorsLayer> {
     if config.cors_origins.is_empty() {
         return None;
     }

@@ -5,7 +5,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::auth::{UserId, ValidUser};
+use crate::auth::UserId;
+use crate::extract::ValidUser;
 use crate::state::AppState;
 
 /// Routes for `/me`.

@@ -9,9 +9,9 @@ use axum::{Extension, Json, Router};
 use serde_json::{Value, json};
 
 use crate::auth::Verifier;
+use crate::db::Db;
 use crate::error::ApiError;
 use crate::state::{AppState, ShutdownFlag};
-use crate::store::UserStore;
 
 /// How long a healthy probe of the store answers `/readyz` before the next one runs.
 pub(crate) const READY_PROBE_MAX_AGE: Duration = Duration::from_secs(1);
@@ -35,26 +35,26 @@ pub(crate) async fn healthz() -> Json<Value> {
 /// [`Readiness`], so a flood of `/readyz` (it needs no token) costs the pool at most one
 /// connection at a time. Needs the `Extension<Arc<Readiness>>` that [`routes`] adds.
 pub(crate) async fn readyz(
-    State(store): State<Arc<dyn UserStore>>,
+    State(db): State<Db>,
     State(verifier): State<Arc<Verifier>>,
     State(shutdown): State<ShutdownFlag>,
-    State(config): State<Arc<crate::config::Config>>,
+    State(state): State<AppState>,
     Extension(readiness): Extension<Arc<Readiness>>,
 ) -> Result<Json<Value>, ApiError> {
     if shutdown.is_shutting_down() {
         return Err(ApiError::Unavailable);
     }
-    if !readiness.store_answers(store.as_ref()).await {
+    if !readiness.store_answers(&db).await {
         return Err(ApiError::Unavailable);
     }
     // In dev mode the local stack's key set is optional (HS256 works without it).
     let keys_loaded = verifier.key_set().map(|k| k.is_ready());
-    if keys_loaded == Some(false) && !config.dev_mode {
+    if keys_loaded == Some(false) && !state.config().auth.key_set_optional {
         tracing::warn!("readiness: key set not loaded yet");
         return Err(ApiError::Unavailable);
     }
     Ok(Json(
-        json!({"status": "ready", "store": store.kind(), "key_set_loaded": keys_loaded}),
+        json!({"status": "ready", "store": db.store_name(), "key_set_loaded": keys_loaded}),
     ))
 }
 
@@ -80,7 +80,7 @@ impl Readiness {
     /// Whether the store answers: a healthy result under [`READY_PROBE_MAX_AGE`] old is reused;
     /// otherwise one probe runs, and every request waiting for it takes its result. A failure
     /// is not reused past the requests that waited for it, so a recovered store shows at once.
-    pub(crate) async fn store_answers(&self, store: &dyn UserStore) -> bool {
+    pub(crate) async fn store_answers(&self, db: &Db) -> bool {
         let seen = match self.last() {
             Some(p) if p.answered && p.finished.elapsed() < READY_PROBE_MAX_AGE => return true,
             Some(p) => p.generation,
@@ -92,10 +92,10 @@ impl Readiness {
         {
             return p.answered;
         }
-        let answered = match store.ping().await {
+        // A failure was recorded (logged and counted) by the database layer.
+        let answered = match db.ping().await {
             Ok(()) => true,
-            Err(e) => {
-                crate::auth::extractor::log_store_error(&e);
+            Err(_) => {
                 tracing::debug!("readiness: store not answering");
                 false
             }
