@@ -36,7 +36,7 @@ pub enum ApiError {
     /// A bug: the handler panicked. Never expected; logged at error level.
     Internal,
     /// 503 `unavailable` with `Retry-After` set to this many seconds: for when the wait is
-    /// known (a key-set refetch cooldown, an upstream's own `Retry-After`).
+    /// known (an upstream's own `Retry-After`).
     UnavailableFor(u32),
     /// 429 `rate_limited`: the caller is over a quota; `Retry-After` says when to try again.
     RateLimited(u32),

@@ -32,10 +32,12 @@ pub enum AuthError {
     /// The token's `alg` is not one we accept for the key it names (or at all).
     #[error("algorithm not allowed")]
     AlgorithmNotAllowed,
-    /// The `kid` is not in a freshly fetched key set.
+    /// No `kid`, or one the key set does not have although its latest fetch succeeded (inside
+    /// the unknown-`kid` refetch cooldown too, when that fetch is seconds old).
     #[error("unknown key id")]
     UnknownKid,
-    /// The `kid` is unknown and the key set cannot be fetched right now.
+    /// The `kid` is unknown and the key set cannot be fetched: no fetch has succeeded yet, or
+    /// the latest failed. The only key-set answer that is a 503.
     #[error("key set unavailable")]
     KeySetUnavailable,
     /// `exp` is in the past (beyond leeway).
@@ -71,11 +73,6 @@ pub enum AuthError {
     /// `SESSION_CHECK=on` and the token's session was logged out or has expired.
     #[error("session ended")]
     SessionEnded,
-    /// The `kid` is unknown, and the key set was fetched successfully less than the
-    /// unknown-`kid` cooldown ago: the key may have been rotated in since. Answered 503 with
-    /// `Retry-After` set to these seconds, when the next fetch is allowed.
-    #[error("unknown key id; key set refetch cooling down")]
-    UnknownKidCoolingDown(u32),
 }
 
 impl AuthError {
@@ -99,7 +96,6 @@ impl AuthError {
             Self::RoleNotAllowed => "role_not_allowed",
             Self::ClientNotAllowed => "client_not_allowed",
             Self::SessionEnded => "session_ended",
-            Self::UnknownKidCoolingDown(_) => "unknown_kid_cooldown",
         }
     }
 }
@@ -110,7 +106,6 @@ impl From<AuthError> for ApiError {
             AuthError::Missing => ApiError::MissingToken,
             AuthError::DuplicateHeader => ApiError::InvalidRequest,
             AuthError::KeySetUnavailable => ApiError::Unavailable,
-            AuthError::UnknownKidCoolingDown(seconds) => ApiError::UnavailableFor(seconds),
             AuthError::NotUserToken | AuthError::RoleNotAllowed | AuthError::ClientNotAllowed => {
                 ApiError::InsufficientScope
             }
@@ -459,13 +454,13 @@ mod tests {
     }
 
     #[test]
-    fn a_cooling_down_unknown_kid_is_503_with_its_wait() {
-        let e = ApiError::from(AuthError::UnknownKidCoolingDown(17));
-        assert_eq!(e, ApiError::UnavailableFor(17));
-        assert_eq!(e.retry_after(), Some(17));
+    fn an_unknown_kid_is_invalid_token_and_only_an_unfetchable_key_set_is_503() {
         assert_eq!(
             ApiError::from(AuthError::UnknownKid),
             ApiError::InvalidToken
         );
+        let outage = ApiError::from(AuthError::KeySetUnavailable);
+        assert_eq!(outage, ApiError::Unavailable);
+        assert!(outage.retry_after().is_some());
     }
 }
