@@ -60,7 +60,7 @@ pub enum ApiError {
     /// A bug: the handler panicked. Never expected; logged at error level.
     Internal,
     /// 503 `unavailable` with `Retry-After` set to this many seconds: for when the wait is
-    /// known (a key-set refetch cooldown, an upstream's own `Retry-After`).
+    /// known (an upstream's own `Retry-After`).
     UnavailableFor(u32),
     /// 429 `rate_limited`: the caller is over a quota; `Retry-After` says when to try again.
     RateLimited(u32),
@@ -303,7 +303,6 @@ impl From<AuthError> for ApiError {
             AuthError::Missing => ApiError::MissingToken,
             AuthError::DuplicateHeader => ApiError::InvalidRequest,
             AuthError::KeySetUnavailable => ApiError::Unavailable,
-            AuthError::UnknownKidCoolingDown(seconds) => ApiError::UnavailableFor(seconds),
             AuthError::NotUserToken | AuthError::RoleNotAllowed | AuthError::ClientNotAllowed => {
                 ApiError::InsufficientScope
             }
@@ -366,6 +365,12 @@ mod tests {
         assert_eq!(e.retry_after(), None);
         let e = ApiError::not_found(format!("no note {}", 7));
         assert_eq!((e.status(), e.code(), e.message()), (StatusCode::NOT_FOUND, "not_found", "no note 7"));
+    }
+
+    #[test]
+    fn an_unknown_kid_is_401_and_only_an_unreachable_key_set_503() {
+        assert_eq!(ApiError::from(AuthError::UnknownKid), ApiError::InvalidToken);
+        assert_eq!(ApiError::from(AuthError::KeySetUnavailable), ApiError::Unavailable);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Fuzzes what a client controls: the `Authorization` header, through `auth::bearer::token`
-//! and `Verifier::verify` (HS256 with a fixed secret). The first input byte picks a mode:
+//! and `Verifier::verify` (HS256 with a fixed secret, and ES256/RS256/EdDSA with the key set of
+//! `tests/fixtures/jwks/jwks.json`, loaded once and never refetched). The first input byte picks
+//! a mode:
 //!
 //! - 0: the bytes are the header value;
 //! - 1: the bytes are the token;
@@ -7,9 +9,12 @@
 //!   the target signs with the secret, so the fuzzer reaches the claim checks behind the
 //!   signature.
 //!
-//! Besides "never panics", any token the verifier accepts is checked against the rules
-//! independently: HS256 without `crit`, `role` authenticated, `aud` containing
-//! authenticated, a `sub` equal to the returned id (ignoring case), `exp` not in the past.
+//! Besides "never panics", every rejection must be a client error (4xx): with the key set
+//! loaded, no token (an unknown `kid`, a `jku` or embedded `jwk`, a kid of thousands of bytes)
+//! may be answered as an outage. And any token the verifier accepts is checked against the
+//! rules independently: HS256 without `crit` (the target signs nothing else), `role`
+//! authenticated, `aud` containing authenticated, a `sub` equal to the returned id (ignoring
+//! case), `exp` not in the past.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -21,15 +26,28 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 use supabase_jwt_service::auth::bearer;
-use supabase_jwt_service::{Claims, Config, Verifier};
+use supabase_jwt_service::auth::jwks::KeySet;
+use supabase_jwt_service::{ApiError, Claims, Config, Verifier};
 
 const SECRET: &str = "fuzz-secret-for-the-verify-target-0123456789";
 /// The default `JWT_LEEWAY_SECONDS`.
 const LEEWAY: u64 = 30;
+/// The integration tests' key set: ES256, RS256 and EdDSA keys (`es256-key`, `rs256-key`,
+/// `eddsa-key`, `es256-noalg`) beside entries that are skipped.
+const JWKS: &str = include_str!("../../tests/fixtures/jwks/jwks.json");
 
 static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
     let config = Config::for_tests("sqlite://unused.db", SECRET).expect("config");
-    Verifier::new(&config, None)
+    // Fixed keys: an unknown kid is answered at once, never by a fetch, so one poll finishes
+    // every verification.
+    let key_set = KeySet::from_jwks_json(
+        "http://127.0.0.1:9/auth/v1/.well-known/jwks.json"
+            .parse()
+            .expect("url"),
+        JWKS,
+    )
+    .expect("fixture key set");
+    Verifier::new(&config, Some(key_set))
 });
 
 fuzz_target!(|data: &[u8]| {
@@ -78,10 +96,20 @@ fn signed(bytes: &[u8]) {
     check(&format!("{message}.{signature}"));
 }
 
-/// Verifies `token`; when accepted, checks that it deserved to be.
+/// Verifies `token`; when rejected, checks the answer is a client error; when accepted,
+/// checks that it deserved to be.
 fn check(token: &str) {
-    let Some(Ok(claims)) = verify(token) else {
-        return;
+    let claims = match verify(token) {
+        None => panic!("verification waited, which a fixed key set never should"),
+        Some(Err(reason)) => {
+            let status = ApiError::from(reason).status();
+            assert!(
+                status.is_client_error(),
+                "{reason:?} answered {status}: a token may never cause a 5xx"
+            );
+            return;
+        }
+        Some(Ok(claims)) => claims,
     };
     let mut parts = token.split('.');
     let header = parts
@@ -121,8 +149,8 @@ fn decode(segment: &str) -> Option<Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
-/// Polls the verification once: with HS256 it never waits (no key-set fetch), so one poll
-/// finishes it. `None` if it would wait, which no input here should cause.
+/// Polls the verification once: with HS256 or a fixed key set it never waits (no key-set
+/// fetch), so one poll finishes it. `None` if it would wait, which no input here should cause.
 fn verify(token: &str) -> Option<Result<Claims, supabase_jwt_service::auth::AuthError>> {
     let mut future = std::pin::pin!(VERIFIER.verify(token));
     match future

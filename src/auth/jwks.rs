@@ -8,11 +8,16 @@
 //!   short backoff, on [`KeySet::refresh`], and when a reader meets an unknown `kid`.
 //!   Fetches therefore never run two at a time, and a reader whose request is cancelled cannot
 //!   cancel a fetch other readers wait on.
-//! - A reader with an unknown `kid` asks the task for a fetch and waits on a `watch` channel for
-//!   its outcome. Unknown-`kid` fetches happen at most once per [`UNKNOWN_KID_COOLDOWN`]; inside
-//!   the cooldown the reader is answered at once: `503` with the seconds left in the cooldown
-//!   when the last fetch succeeded (the key may have been rotated in seconds ago), `503` as an
-//!   outage when it failed.
+//! - A reader with an unknown `kid` asks the task for a fetch, or joins the one under way, and
+//!   waits (bounded) on a `watch` channel for its outcome. Unknown-`kid` fetches happen at most
+//!   once per [`UNKNOWN_KID_COOLDOWN`]; inside the cooldown the reader is answered at once from
+//!   the latest fetch.
+//! - Either way the latest fetch decides what an unknown `kid` is: after a success, a token
+//!   the project's set does not vouch for ([`AuthError::UnknownKid`], 401); only when no fetch
+//!   has succeeded yet, or the latest failed, an outage ([`AuthError::KeySetUnavailable`], 503).
+//!   The `kid` is chosen by whoever sent the token, so it is never the reason for a 5xx: Supabase
+//!   publishes a standby key long before it signs with it, and the set is refreshed at least every
+//!   [`MAX_CACHE`], so a `kid` the latest good fetch lacks is almost always a bad token.
 //! - A failed fetch keeps the last good snapshot serving.
 
 use std::collections::HashMap;
@@ -105,35 +110,18 @@ struct Status {
     last: Option<Result<usize, KeySetError>>,
     /// When the latest unknown-`kid` fetch started, for the cooldown.
     on_demand_started: Option<Instant>,
-    /// The latest `generation` bump finished a fetch (rather than answering readers who
-    /// raced into the cooldown without one).
-    fetched: bool,
 }
 
 impl Status {
-    /// The answer for a `kid` this status's snapshot does not have.
+    /// The answer for a `kid` the snapshot does not have, once no (further) fetch will be made
+    /// for it: the latest fetch read the project's set, so the token names no key of the
+    /// project's; or no fetch has succeeded yet or the latest failed, so it cannot be judged.
     fn unknown_kid(&self) -> AuthError {
         match self.last {
             Some(Ok(_)) => AuthError::UnknownKid,
             _ => AuthError::KeySetUnavailable,
         }
     }
-
-    /// The answer for a `kid` this status's snapshot does not have, when no fetch may be made
-    /// for `left` more: the key set may have gained that key since the last fetch, so the
-    /// token is not called invalid; the client is told when a fetch will be allowed.
-    fn unknown_kid_cooling_down(&self, left: Duration) -> AuthError {
-        match self.last {
-            Some(Ok(_)) => AuthError::UnknownKidCoolingDown(whole_seconds(left)),
-            _ => AuthError::KeySetUnavailable,
-        }
-    }
-}
-
-/// `d` rounded up to whole seconds, at least 1 (a `Retry-After` of 0 invites a busy loop).
-fn whole_seconds(d: Duration) -> u32 {
-    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-    u32::try_from(secs).unwrap_or(u32::MAX).max(1)
 }
 
 /// The cached key set. Readers never wait on the network except to refetch for an unknown `kid`.
@@ -240,11 +228,11 @@ impl KeySet {
     /// The key named `kid`.
     ///
     /// From the cached set when it has the `kid`. Otherwise one refetch is made (shared with
-    /// every reader waiting at the same time, and at most once per [`UNKNOWN_KID_COOLDOWN`]):
-    /// still unknown after a successful fetch is [`AuthError::UnknownKid`]; when the key set
-    /// cannot be fetched it is [`AuthError::KeySetUnavailable`]. Inside the cooldown, after a
-    /// successful fetch, it is [`AuthError::UnknownKidCoolingDown`] with the seconds left: a
-    /// key rotated in just after that fetch must not log its users out.
+    /// every reader waiting at the same time, and at most once per [`UNKNOWN_KID_COOLDOWN`])
+    /// and awaited, for a bounded time; inside the cooldown no fetch is made and the latest one
+    /// answers at once. A `kid` still unknown after a successful latest fetch is
+    /// [`AuthError::UnknownKid`]; when no fetch has succeeded yet, or the latest failed, it is
+    /// [`AuthError::KeySetUnavailable`].
     pub async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, AuthError> {
         if let Some(key) = self.lookup(kid) {
             return Ok(key);
@@ -259,28 +247,27 @@ impl KeySet {
             return Ok(key);
         }
         if !seen.in_flight {
-            if let Some(left) = cooldown_left(seen.on_demand_started, Instant::now(), self.cooldown)
-            {
-                return Err(seen.unknown_kid_cooling_down(left));
+            if cooling_down(seen.on_demand_started, Instant::now(), self.cooldown) {
+                // The set was read less than a cooldown ago. A key published since then signs
+                // nothing yet (Supabase asks projects to let caches clear before a standby key
+                // signs), and a 5xx would have clients retry, and pagers ring, for a token the
+                // project does not vouch for.
+                return Err(seen.unknown_kid());
             }
             tracing::debug!(target: TARGET, kid = %shorten(kid), "unknown kid: asking for a refetch");
             self.wanted.fetch_max(self.ticks(), Ordering::AcqRel);
             self.wake.notify_one();
         }
-        // Either the fetch just asked for or the one under way answers; both are newer than
-        // what this reader saw.
+        // Either the fetch just asked for or the one under way answers (or, when another
+        // reader's fetch started the cooldown first, the refresher answers from the latest
+        // outcome); each is newer than what this reader saw.
         let waited = tokio::time::timeout(
             WAIT_LIMIT,
             status.wait_for(|s| s.generation > seen.generation),
         )
         .await;
         let answer = match waited {
-            Ok(Ok(latest)) if latest.fetched => latest.unknown_kid(),
-            // Answered without a fetch: another reader's fetch started the cooldown first.
-            Ok(Ok(latest)) => latest.unknown_kid_cooling_down(
-                cooldown_left(latest.on_demand_started, Instant::now(), self.cooldown)
-                    .unwrap_or_default(),
-            ),
+            Ok(Ok(latest)) => latest.unknown_kid(),
             // The refresher is gone (no runtime, or shutting down) or stuck past any timeout.
             _ => return Err(AuthError::KeySetUnavailable),
         };
@@ -400,14 +387,10 @@ impl Drop for KeySet {
     }
 }
 
-/// How long the unknown-`kid` cooldown still runs at `now`; `None` when no fetch is held back.
-fn cooldown_left(
-    on_demand_started: Option<Instant>,
-    now: Instant,
-    cooldown: Duration,
-) -> Option<Duration> {
-    let elapsed = now.saturating_duration_since(on_demand_started?);
-    cooldown.checked_sub(elapsed).filter(|left| !left.is_zero())
+/// Whether the unknown-`kid` cooldown, started by the on-demand fetch of `on_demand_started`,
+/// still holds further on-demand fetches back at `now`.
+fn cooling_down(on_demand_started: Option<Instant>, now: Instant, cooldown: Duration) -> bool {
+    on_demand_started.is_some_and(|started| now.saturating_duration_since(started) < cooldown)
 }
 
 /// A `kid` is chosen by whoever sent the token: log at most a bounded prefix of it.
@@ -424,16 +407,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cooldown_left_is_rounded_up_to_whole_seconds() {
+    fn the_cooldown_runs_for_its_interval_after_an_on_demand_fetch() {
         let start = Instant::now();
         let cooldown = Duration::from_secs(30);
-        assert_eq!(cooldown_left(None, start, cooldown), None);
-        let left = cooldown_left(Some(start), start + Duration::from_millis(4_500), cooldown);
-        assert_eq!(left, Some(Duration::from_millis(25_500)));
-        assert_eq!(whole_seconds(Duration::from_millis(25_500)), 26);
-        assert_eq!(whole_seconds(Duration::from_millis(1)), 1);
-        assert_eq!(whole_seconds(Duration::ZERO), 1);
-        assert_eq!(cooldown_left(Some(start), start + cooldown, cooldown), None);
+        assert!(!cooling_down(None, start, cooldown));
+        assert!(cooling_down(Some(start), start, cooldown));
+        assert!(cooling_down(
+            Some(start),
+            start + Duration::from_millis(29_999),
+            cooldown
+        ));
+        assert!(!cooling_down(Some(start), start + cooldown, cooldown));
+        assert!(!cooling_down(Some(start), start, Duration::ZERO));
+    }
+
+    #[test]
+    fn only_an_unfetchable_set_makes_an_unknown_kid_an_outage() {
+        let answer = |last| {
+            Status {
+                last,
+                ..Status::default()
+            }
+            .unknown_kid()
+        };
+        assert_eq!(answer(Some(Ok(4))), AuthError::UnknownKid);
+        assert_eq!(answer(Some(Ok(0))), AuthError::UnknownKid);
+        assert_eq!(
+            answer(Some(Err(KeySetError::Status(500)))),
+            AuthError::KeySetUnavailable
+        );
+        assert_eq!(answer(None), AuthError::KeySetUnavailable);
+    }
+
+    #[test]
+    fn a_logged_kid_is_at_most_64_characters() {
+        let long = "k".repeat(11_000);
+        assert_eq!(shorten(&long).len(), 64);
+        assert_eq!(shorten("es256-key"), "es256-key");
+        let wide = "\u{e9}".repeat(100);
+        assert_eq!(shorten(&wide).chars().count(), 64);
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use crate::config::{AuthConfig, PROJECT_KEY_ROLES};
 use crate::telemetry::metrics;
 
 /// Why a request was not authenticated. Internal: the response shows only the mapped
-/// [`ApiError`]; the reason goes to logs and metrics.
+/// [`ApiError`](crate::ApiError); the reason goes to logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// No `Authorization` header, or another scheme.
@@ -31,10 +31,12 @@ pub enum AuthError {
     /// The token's `alg` is not one we accept for the key it names (or at all).
     #[error("algorithm not allowed")]
     AlgorithmNotAllowed,
-    /// The `kid` is not in a freshly fetched key set.
+    /// No `kid`, or one the key set does not have although its latest fetch succeeded (inside
+    /// the unknown-`kid` refetch cooldown too, when that fetch is seconds old).
     #[error("unknown key id")]
     UnknownKid,
-    /// The `kid` is unknown and the key set cannot be fetched right now.
+    /// The `kid` is unknown and the key set cannot be fetched: no fetch has succeeded yet, or
+    /// the latest failed. The only key-set answer that is a 503.
     #[error("key set unavailable")]
     KeySetUnavailable,
     /// `exp` is in the past (beyond leeway).
@@ -70,11 +72,6 @@ pub enum AuthError {
     /// `SESSION_CHECK=on` and the token's session was logged out or has expired.
     #[error("session ended")]
     SessionEnded,
-    /// The `kid` is unknown, and the key set was fetched successfully less than the
-    /// unknown-`kid` cooldown ago: the key may have been rotated in since. Answered 503 with
-    /// `Retry-After` set to these seconds, when the next fetch is allowed.
-    #[error("unknown key id; key set refetch cooling down")]
-    UnknownKidCoolingDown(u32),
 }
 
 impl AuthError {
@@ -98,7 +95,6 @@ impl AuthError {
             Self::RoleNotAllowed => "role_not_allowed",
             Self::ClientNotAllowed => "client_not_allowed",
             Self::SessionEnded => "session_ended",
-            Self::UnknownKidCoolingDown(_) => "unknown_kid_cooldown",
         }
     }
 }
@@ -503,16 +499,5 @@ mod tests {
         }
         assert_eq!(claims.extra::<Plan>().expect("plan").plan, "pro");
         assert_eq!(claims.sub.to_string(), USER);
-    }
-
-    #[test]
-    fn a_cooling_down_unknown_kid_is_503_with_its_wait() {
-        let e = ApiError::from(AuthError::UnknownKidCoolingDown(17));
-        assert_eq!(e, ApiError::UnavailableFor(17));
-        assert_eq!(e.retry_after(), Some(17));
-        assert_eq!(
-            ApiError::from(AuthError::UnknownKid),
-            ApiError::InvalidToken
-        );
     }
 }

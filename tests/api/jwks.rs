@@ -20,19 +20,19 @@ use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Where Supabase serves the key set under the project URL.
-const JWKS_PATH: &str = "/auth/v1/.well-known/jwks.json";
+pub const JWKS_PATH: &str = "/auth/v1/.well-known/jwks.json";
 /// The usable keys in `tests/fixtures/jwks/jwks.json`, sorted.
 const FIXTURE_KIDS: [&str; 4] = ["eddsa-key", "es256-key", "es256-noalg", "rs256-key"];
 /// Generous bound on anything awaited, so a broken build fails instead of stalling CI.
 const LIMIT: Duration = Duration::from_secs(30);
 
-const ES256_PEM: &str = include_str!("../fixtures/jwks/keys/es256.pem");
+pub const ES256_PEM: &str = include_str!("../fixtures/jwks/keys/es256.pem");
 const ES256_STANDBY_PEM: &str = include_str!("../fixtures/jwks/keys/es256-standby.pem");
 const RS256_PEM: &str = include_str!("../fixtures/jwks/keys/rs256.pem");
 const EDDSA_PEM: &str = include_str!("../fixtures/jwks/keys/eddsa.pem");
 const ES256_PUBLIC_PEM: &str = include_str!("../fixtures/jwks/keys/es256.pub.pem");
 
-fn fixture_jwks() -> Value {
+pub fn fixture_jwks() -> Value {
     serde_json::from_str(include_str!("../fixtures/jwks/jwks.json")).expect("jwks.json")
 }
 
@@ -52,7 +52,7 @@ fn fixture_jwks_with_standby() -> Value {
 
 /// What the JWKS server answers.
 #[derive(Clone)]
-enum Mode {
+pub enum Mode {
     /// 200 with this JWK set.
     Serve(Value),
     /// 500.
@@ -67,15 +67,16 @@ struct ServerState {
     release: Notify,
 }
 
-/// A key-set server on 127.0.0.1:0 that counts requests.
-struct JwksServer {
-    base: String,
+/// A key-set server on 127.0.0.1:0 that counts requests (`property.rs` uses it too).
+pub struct JwksServer {
+    /// `http://127.0.0.1:<port>`: the project URL to configure.
+    pub base: String,
     state: Arc<ServerState>,
     task: JoinHandle<()>,
 }
 
 impl JwksServer {
-    async fn start(mode: Mode) -> Self {
+    pub async fn start(mode: Mode) -> Self {
         let state = Arc::new(ServerState {
             mode: Mutex::new(mode),
             fetches: watch::channel(0).0,
@@ -96,11 +97,11 @@ impl JwksServer {
         }
     }
 
-    fn set(&self, mode: Mode) {
+    pub fn set(&self, mode: Mode) {
         *self.state.mode.lock().expect("mode") = mode;
     }
 
-    fn fetches(&self) -> usize {
+    pub fn fetches(&self) -> usize {
         *self.state.fetches.borrow()
     }
 
@@ -564,102 +565,149 @@ async fn a_key_added_to_the_set_is_accepted_right_away_without_restart() {
     assert_eq!(jwks.fetches(), 2);
 }
 
-#[tokio::test]
-async fn a_new_key_during_the_unknown_kid_cooldown_is_503_with_the_seconds_left() {
-    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = App::spawn(&jwks, |_| {}).await;
-    app.wait_until_keys_loaded().await;
-
-    // A token with a kid the fresh set lacks is invalid: the fetch it caused says so.
-    let first = unknown_kid_token(&app, "not-in-the-set");
-    assert_error(
-        app.get_name(&first).await,
-        401,
-        "invalid_token",
-        "unknown kid",
-    )
-    .await;
-    assert_eq!(jwks.fetches(), 2, "one refetch for the unknown kid");
-
-    // Seconds later the project rotates in its standby key. Its tokens meet the cooldown:
-    // no fetch yet, and no "sign in again" either, but a wait the client can honour.
-    jwks.set(Mode::Serve(fixture_jwks_with_standby()));
-    let standby = sign(
+/// An ES256 token signed by the standby key, naming it (`es256-standby`).
+fn standby_token(app: &App) -> String {
+    sign(
         Algorithm::ES256,
         Some("es256-standby"),
         &EncodingKey::from_ec_pem(ES256_STANDBY_PEM.as_bytes()).expect("pem"),
         &claims(&app.issuer),
-    );
-    let headers = assert_error(
-        app.get_name(&standby).await,
-        503,
-        "unavailable",
-        "new key within the cooldown",
     )
-    .await;
-    let retry_after: u64 = headers[header::RETRY_AFTER.as_str()]
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("Retry-After is whole seconds");
-    let cooldown = supabase_jwt_service::auth::jwks::UNKNOWN_KID_COOLDOWN.as_secs();
-    assert!(
-        (1..=cooldown).contains(&retry_after),
-        "Retry-After {retry_after} is the cooldown's remainder"
-    );
-    assert!(
-        !headers.contains_key(header::WWW_AUTHENTICATE.as_str()),
-        "not a challenge: the token is not called invalid"
+}
+
+/// `(status, error code)` of an answer, reading its body.
+async fn status_and_code(response: reqwest::Response) -> (u16, Option<String>) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (status, body["error"].as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_kid_tokens_eight_at_a_time_are_all_401_with_at_most_a_few_fetches() {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const TOKENS: usize = 200;
+    const AT_ONCE: usize = 8;
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    // The service's own unknown-kid cooldown (30 s), as it ships.
+    let app = Arc::new(App::spawn(&jwks, |_| {}).await);
+    app.wait_until_keys_loaded().await;
+    assert_eq!(jwks.fetches(), 1);
+
+    // Eight clients, each sending the next token as soon as its previous one is answered.
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..AT_ONCE {
+        let (app, next) = (Arc::clone(&app), Arc::clone(&next));
+        clients.spawn(async move {
+            let mut answers = Vec::new();
+            while next.fetch_add(1, Ordering::SeqCst) < TOKENS {
+                let kid = uuid::Uuid::new_v4().to_string();
+                let response = app.get_name(&unknown_kid_token(&app, &kid)).await;
+                let challenge = response
+                    .headers()
+                    .get(header::WWW_AUTHENTICATE)
+                    .map(|v| v.to_str().unwrap_or_default().to_owned());
+                let (status, code) = status_and_code(response).await;
+                answers.push((status, code, challenge));
+            }
+            answers
+        });
+    }
+    let mut tally: BTreeMap<(u16, Option<String>), usize> = BTreeMap::new();
+    while let Some(answers) = clients.join_next().await {
+        for (status, code, challenge) in answers.expect("client task") {
+            if status == 401 {
+                assert_eq!(challenge.as_deref(), Some("Bearer error=\"invalid_token\""));
+            }
+            *tally.entry((status, code)).or_default() += 1;
+        }
+    }
+    let refetches = jwks.fetches() - 1;
+    eprintln!(
+        "jwks: {TOKENS} random-kid tokens, {AT_ONCE} at a time: {tally:?}, {refetches} refetch(es)"
     );
     assert_eq!(
-        jwks.fetches(),
-        2,
-        "the cooldown holds further refetches back"
+        tally,
+        BTreeMap::from([((401, Some("invalid_token".to_owned())), TOKENS)]),
+        "an unknown kid is a bad token, inside the refetch cooldown too"
+    );
+    assert!(
+        (1..=2).contains(&refetches),
+        "one refetch per cooldown, not one per token: {refetches}"
     );
 }
 
 #[tokio::test]
-async fn after_the_cooldown_the_new_key_is_fetched_and_a_still_unknown_kid_is_401() {
+async fn a_key_published_after_a_refetch_is_401_then_accepted_within_cooldown_plus_1s() {
+    let cooldown = Duration::from_secs(3);
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = App::spawn_with_cooldown(&jwks, Duration::from_secs(2)).await;
+    let app = App::spawn_with_cooldown(&jwks, cooldown).await;
     app.wait_until_keys_loaded().await;
+
+    // A token with a kid the fresh set lacks is invalid: the refetch it caused says so, and
+    // that refetch starts the cooldown.
     let unknown = unknown_kid_token(&app, "never-published");
     assert_error(app.get_name(&unknown).await, 401, "invalid_token", "first").await;
+    assert_eq!(jwks.fetches(), 2, "one refetch for the unknown kid");
 
+    // Right after, the project publishes its standby key and a token signed with it arrives,
+    // retried every 100 ms as an impatient client would.
     jwks.set(Mode::Serve(fixture_jwks_with_standby()));
-    let standby = sign(
-        Algorithm::ES256,
-        Some("es256-standby"),
-        &EncodingKey::from_ec_pem(ES256_STANDBY_PEM.as_bytes()).expect("pem"),
-        &claims(&app.issuer),
+    let published = std::time::Instant::now();
+    let standby = standby_token(&app);
+    let mut answers: Vec<(u16, Option<String>)> = Vec::new();
+    let accepted_after = loop {
+        let (status, code) = status_and_code(app.get_name(&standby).await).await;
+        answers.push((status, code));
+        if status == 200 {
+            break Some(published.elapsed());
+        }
+        if published.elapsed() > cooldown + Duration::from_secs(2) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let server_errors = answers.iter().filter(|(s, _)| *s >= 500).count();
+    let refused = answers
+        .iter()
+        .filter(|(s, c)| *s == 401 && c.as_deref() == Some("invalid_token"))
+        .count();
+    eprintln!(
+        "jwks: key published after a refetch, cooldown {cooldown:?}: {refused} × 401, \
+         {server_errors} × 5xx, accepted after {accepted_after:?}"
     );
-    let headers = assert_error(app.get_name(&standby).await, 503, "unavailable", "cooling").await;
-    let retry_after: u64 = headers[header::RETRY_AFTER.as_str()]
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("seconds");
-    assert!((1..=2).contains(&retry_after), "{retry_after}");
-
-    // A client that honours Retry-After gets in with the new key.
-    tokio::time::sleep(Duration::from_secs(retry_after)).await;
-    assert_demo_user(app.get_name(&standby).await, "after Retry-After").await;
+    assert_eq!(
+        server_errors, 0,
+        "an unknown kid is never a 5xx: {answers:?}"
+    );
+    assert_eq!(
+        refused + 1,
+        answers.len(),
+        "every answer before the first 200 is 401 invalid_token: {answers:?}"
+    );
+    let accepted_after = accepted_after.expect("the new key was never accepted");
+    assert!(
+        accepted_after <= cooldown + Duration::from_secs(1),
+        "accepted {accepted_after:?} after publication; cooldown {cooldown:?}"
+    );
+    assert!(refused > 0, "the cooldown held the refetch back");
     assert_eq!(jwks.fetches(), 3, "one refetch once the cooldown ended");
 
-    // And a kid that a fresh fetch still lacks is invalid, as before.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A kid that the fresh fetch still lacks is invalid, inside the new cooldown too, and
+    // costs no fetch.
     assert_error(
         app.get_name(&unknown).await,
         401,
         "invalid_token",
-        "still unknown after a fresh fetch",
+        "still unknown, cooling down",
     )
     .await;
-    assert_eq!(jwks.fetches(), 4);
+    assert_eq!(jwks.fetches(), 3);
 }
 
 #[tokio::test]
-async fn a_flood_of_unknown_kid_tokens_shares_one_fetch() {
+async fn a_flood_of_unknown_kid_tokens_shares_one_fetch_and_is_all_401() {
     const FLOOD: usize = 500;
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
     let app = Arc::new(App::spawn(&jwks, |_| {}).await);
@@ -673,10 +721,7 @@ async fn a_flood_of_unknown_kid_tokens_shares_one_fetch() {
         let app = Arc::clone(&app);
         flood.spawn(async move {
             let token = unknown_kid_token(&app, &format!("flood-{i}"));
-            let response = app.get_name(&token).await;
-            let status = response.status().as_u16();
-            let body: Value = response.json().await.expect("JSON");
-            (status, body["error"].as_str().map(str::to_owned))
+            status_and_code(app.get_name(&token).await).await
         });
     }
     jwks.wait_for_fetches(2).await;
@@ -685,14 +730,9 @@ async fn a_flood_of_unknown_kid_tokens_shares_one_fetch() {
     while let Some(result) = flood.join_next().await {
         let (status, code) = result.expect("request task");
         // Requests that waited on the shared fetch learn the kid is not in the set; any that
-        // arrived after it landed meet the cooldown and are asked to retry.
-        assert!(
-            matches!(
-                (status, code.as_deref()),
-                (401, Some("invalid_token")) | (503, Some("unavailable"))
-            ),
-            "{status} {code:?}"
-        );
+        // arrived after it landed meet the cooldown, which changes nothing: the latest fetch
+        // succeeded, so the kid is not the project's.
+        assert_eq!((status, code.as_deref()), (401, Some("invalid_token")));
         answered += 1;
     }
     assert_eq!(answered, FLOOD);
@@ -714,16 +754,159 @@ async fn when_the_key_set_server_fails_cached_keys_work_and_unknown_kids_get_503
     let unknown = unknown_kid_token(&app, "rotated-in-while-down");
     assert_unavailable(app.get_name(&unknown).await, "unknown kid, set down").await;
     assert!(jwks.fetches() >= 2, "the unknown kid caused a refetch");
-    // Inside the cooldown the answer is still 503, not 401: nothing fresh says the kid is bad.
+    // Inside the cooldown the answer is still 503, not 401: the latest fetch failed, so
+    // nothing fresh says the kid is bad.
     assert_unavailable(app.get_name(&unknown).await, "again, within cooldown").await;
     // A failed refresh keeps the last good keys, and readiness.
     assert!(app.key_set().refresh().await.is_err());
     assert_demo_user(app.get_name(&es256_token(&app)).await, "after failures").await;
     assert_eq!(app.readyz().await, 200);
 
-    // Once the server is back, an explicit refresh brings the rotated set in.
+    // Once the server is back, an explicit refresh brings the set in ...
     jwks.set(Mode::Serve(fixture_jwks()));
     assert_eq!(app.key_set().refresh().await, Ok(FIXTURE_KIDS.len()));
+    // ... and from then on the latest fetch says what the set holds: the kid it lacks is
+    // invalid at once, though the cooldown the failed refetch started still runs.
+    let fetches = jwks.fetches();
+    assert_error(
+        app.get_name(&unknown).await,
+        401,
+        "invalid_token",
+        "unknown kid after a successful fetch, within the cooldown",
+    )
+    .await;
+    assert_eq!(jwks.fetches(), fetches, "no fetch inside the cooldown");
+}
+
+/// A header of `fields` over `claims`, signed with ES256 by `key` whatever the header says.
+fn es256_with_header(fields: &Value, key: &EncodingKey, claims: &Value) -> String {
+    let message = format!("{}.{}", b64(fields), b64(claims));
+    let signature =
+        jsonwebtoken::crypto::sign(message.as_bytes(), key, Algorithm::ES256).expect("sign");
+    format!("{message}.{signature}")
+}
+
+#[tokio::test]
+async fn tokens_bringing_their_own_key_or_an_absurd_kid_are_401_and_never_fetch_theirs() {
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    // The attacker's key set: the standby key, which the project does not publish here.
+    let attacker = JwksServer::start(Mode::Serve(json!({"keys": [
+        fixture_tokens()["standby_jwk"].clone()
+    ]})))
+    .await;
+    let app = App::spawn(&jwks, |_| {}).await;
+    app.wait_until_keys_loaded().await;
+
+    let attackers_key = EncodingKey::from_ec_pem(ES256_STANDBY_PEM.as_bytes()).expect("pem");
+    let own_jwk = fixture_tokens()["standby_jwk"].clone();
+    let jku = format!("{}{JWKS_PATH}", attacker.base);
+    let claims = claims(&app.issuer);
+    // A kid of k's whose token still fits the bearer limit (so the verifier looks it up), and
+    // one whose token does not (the bearer parser refuses it; the verifier is asked below).
+    let long_kid = "k".repeat(8_600);
+    let huge_kid = "k".repeat(11_000);
+    let limit = supabase_jwt_service::auth::bearer::MAX_TOKEN_LEN;
+    let fits = |kid: &str| {
+        es256_with_header(
+            &json!({"alg": "ES256", "kid": kid}),
+            &attackers_key,
+            &claims,
+        )
+        .len()
+            <= limit
+    };
+    assert!(fits(&long_kid) && !fits(&huge_kid));
+    let headers = [
+        (
+            "jku naming an unknown kid",
+            json!({"alg": "ES256", "kid": "attacker", "jku": jku}),
+        ),
+        (
+            "jku naming the project's kid",
+            json!({"alg": "ES256", "kid": "es256-key", "jku": jku}),
+        ),
+        (
+            "embedded jwk, no kid",
+            json!({"alg": "ES256", "jwk": own_jwk}),
+        ),
+        (
+            "embedded jwk, its own kid",
+            json!({"alg": "ES256", "kid": "es256-standby", "jwk": own_jwk}),
+        ),
+        (
+            "embedded jwk, the project's kid",
+            json!({"alg": "ES256", "kid": "es256-key", "jwk": own_jwk}),
+        ),
+        (
+            "x5u",
+            json!({"alg": "ES256", "kid": "attacker", "x5u": jku}),
+        ),
+        (
+            "a kid of 8,600 k's",
+            json!({"alg": "ES256", "kid": long_kid}),
+        ),
+        (
+            "a kid of 11,000 k's",
+            json!({"alg": "ES256", "kid": huge_kid}),
+        ),
+        ("an empty kid", json!({"alg": "ES256", "kid": ""})),
+        (
+            "a kid of control characters",
+            json!({"alg": "ES256", "kid": "\u{0}\n\u{1b}[31m"}),
+        ),
+        (
+            "RS256, unknown kid",
+            json!({"alg": "RS256", "kid": "attacker"}),
+        ),
+        (
+            "EdDSA, unknown kid",
+            json!({"alg": "EdDSA", "kid": "attacker"}),
+        ),
+    ];
+    let mut answers = Vec::new();
+    // Twice: the second round meets the unknown-kid cooldown the first one started.
+    for round in 1..=2 {
+        for (what, fields) in &headers {
+            let token = es256_with_header(fields, &attackers_key, &claims);
+            let (status, code) = status_and_code(app.get_name(&token).await).await;
+            answers.push((round, *what, status, code));
+        }
+    }
+    let refused = answers
+        .iter()
+        .filter(|(_, _, s, c)| *s == 401 && c.as_deref() == Some("invalid_token"))
+        .count();
+    eprintln!(
+        "jwks: tokens bringing their own key: {refused}/{} × 401; attacker fetched {} time(s)",
+        answers.len(),
+        attacker.fetches()
+    );
+    for (round, what, status, code) in &answers {
+        assert_eq!(
+            (*status, code.as_deref()),
+            (401, Some("invalid_token")),
+            "{what}, round {round}"
+        );
+    }
+    assert_eq!(
+        attacker.fetches(),
+        0,
+        "the token's own key location is never read"
+    );
+    assert!(
+        jwks.fetches() <= 2,
+        "one refetch for all those unknown kids: {}",
+        jwks.fetches()
+    );
+
+    // Past the bearer limit, the verifier itself (as a library user's extractor would call
+    // it) calls an 11,000-k kid unknown, inside the cooldown, without another fetch.
+    let token = es256_with_header(&headers[7].1, &attackers_key, &claims);
+    assert_eq!(
+        app.state.verifier.verify(&token).await.err(),
+        Some(supabase_jwt_service::auth::AuthError::UnknownKid)
+    );
+    assert!(jwks.fetches() <= 2);
 }
 
 #[tokio::test]

@@ -335,3 +335,309 @@ proptest! {
         }
     }
 }
+
+// --- against a live key set ---------------------------------------------------------------------
+//
+// The tests above verify HS256 only. These run a service whose key set is fetched from a local
+// server, as with SUPABASE_URL: tokens naming a `kid` reach the refetch and its cooldown.
+
+/// The service over a key set fetched from a local server, built once and shared by every case,
+/// so that the unknown-kid cooldown one case starts still runs for the next.
+struct LiveKeySet {
+    router: axum::Router,
+    jwks: crate::jwks::JwksServer,
+    issuer: String,
+    _dir: tempfile::TempDir,
+    // Last, so it shuts down after everything that runs on it.
+    rt: tokio::runtime::Runtime,
+}
+
+impl LiveKeySet {
+    fn start() -> Self {
+        use crate::jwks::{JwksServer, Mode, fixture_jwks};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = rt.block_on(JwksServer::start(Mode::Serve(fixture_jwks())));
+        let config = config_with(&format!("sqlite://{}/t.db", dir.path().display()), |raw| {
+            raw.supabase_url = Some(jwks.base.clone());
+        });
+        let issuer = config.issuer.clone().unwrap();
+        let state = rt
+            .block_on(supabase_jwt_service::build_state(config))
+            .unwrap();
+        let key_set = state.verifier.key_set().unwrap();
+        assert!(rt.block_on(key_set.wait_until_ready(std::time::Duration::from_secs(30))));
+        Self {
+            router: supabase_jwt_service::router(state),
+            jwks,
+            issuer,
+            _dir: dir,
+            rt,
+        }
+    }
+
+    /// A valid ES256 token for the demo user, signed by the set's `es256-key`.
+    fn es256_token(&self) -> String {
+        let mut claims = claims(DEMO_USER.parse().unwrap());
+        claims["iss"] = serde_json::json!(self.issuer);
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some("es256-key".into());
+        let key =
+            jsonwebtoken::EncodingKey::from_ec_pem(crate::jwks::ES256_PEM.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    }
+
+    fn status(&self, token: &[u8]) -> StatusCode {
+        let mut header = b"Bearer ".to_vec();
+        header.extend_from_slice(token);
+        status_for(&self.rt, &self.router, Some(header))
+    }
+}
+
+/// How a case changes a valid ES256 token.
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// One byte replaced, anywhere in the token.
+    Byte { position: usize, replacement: u8 },
+    /// A new header (the payload and signature kept): another `kid`, `alg`, or a key of the
+    /// token's own choosing (`jku`, `x5u`, an embedded `jwk`, `x5c`).
+    Header(serde_json::Value),
+}
+
+fn header_mutation() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::{Value, json};
+    let alg = proptest::sample::select(vec!["ES256", "RS256", "EdDSA", "HS256", "none"]);
+    let kid = prop_oneof![
+        Just(None),
+        Just(Some(json!("es256-key"))),
+        "[a-zA-Z0-9_-]{0,40}".prop_map(|k| Some(json!(k))),
+        any::<String>().prop_map(|k| Some(json!(k))),
+        // Up to past the bearer limit: the kid is the header's bulk.
+        (0usize..10_000).prop_map(|n| Some(json!("k".repeat(n)))),
+        any::<i64>().prop_map(|n| Some(json!(n))),
+    ];
+    let standby: Value = serde_json::from_str::<Value>(include_str!(
+        "../fixtures/jwks/tokens.json"
+    ))
+    .unwrap()["standby_jwk"]
+        .clone();
+    let own_key = prop_oneof![
+        Just(None),
+        Just(Some(("jku", json!("http://127.0.0.1:1/jwks.json")))),
+        Just(Some(("x5u", json!("http://127.0.0.1:1/cert.pem")))),
+        Just(Some(("jwk", standby))),
+        Just(Some((
+            "x5c",
+            json!(["MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA"])
+        ))),
+    ];
+    (alg, kid, own_key).prop_map(|(alg, kid, own_key)| {
+        let mut header = json!({"alg": alg, "typ": "JWT"});
+        if let Some(kid) = kid {
+            header["kid"] = kid;
+        }
+        if let Some((name, value)) = own_key {
+            header[name] = value;
+        }
+        header
+    })
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<usize>(), any::<u8>()).prop_map(|(position, replacement)| Mutation::Byte {
+            position,
+            replacement
+        }),
+        header_mutation().prop_map(Mutation::Header),
+    ]
+}
+
+/// `token` changed by `mutation`, and whether the result may still verify: unchanged, or
+/// changed only in the padding-equivalent bits of the signature's last characters.
+fn mutate(token: &str, mutation: &Mutation) -> (Vec<u8>, bool) {
+    match mutation {
+        Mutation::Byte {
+            position,
+            replacement,
+        } => {
+            let mut bytes = token.as_bytes().to_vec();
+            let i = position % bytes.len();
+            let may_verify = bytes[i] == *replacement || i >= bytes.len() - 2;
+            bytes[i] = *replacement;
+            (bytes, may_verify)
+        }
+        Mutation::Header(header) => {
+            let rest = token.split_once('.').map_or("", |(_, rest)| rest);
+            let mutated = format!("{}.{rest}", crate::errors::base64_helpers::b64(header));
+            let unchanged = mutated == token;
+            (mutated.into_bytes(), unchanged)
+        }
+    }
+}
+
+#[test]
+fn mutated_es256_tokens_never_get_a_5xx_from_a_service_with_a_live_key_set() {
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    let live = LiveKeySet::start();
+    let token = live.es256_token();
+    assert_eq!(
+        live.status(token.as_bytes()),
+        StatusCode::OK,
+        "mutations start from a token the service accepts"
+    );
+    let tally: RefCell<BTreeMap<u16, usize>> = RefCell::default();
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases: 2000,
+        ..RunnerConfig::default()
+    });
+    let outcome = runner.run(&mutation(), |mutation| {
+        let (mutated, may_verify) = mutate(&token, &mutation);
+        let status = live.status(&mutated);
+        *tally.borrow_mut().entry(status.as_u16()).or_default() += 1;
+        prop_assert!(
+            status.as_u16() < 500,
+            "{status} for {:.300}",
+            String::from_utf8_lossy(&mutated)
+        );
+        prop_assert!(
+            status != StatusCode::OK || may_verify,
+            "{mutation:?} verified"
+        );
+        Ok(())
+    });
+    eprintln!(
+        "property: mutated ES256 tokens against a live key set: statuses {:?}, {} key-set fetches",
+        tally.borrow(),
+        live.jwks.fetches()
+    );
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+    assert!(
+        live.jwks.fetches() <= 3,
+        "unknown kids refetch at most once per cooldown: {} fetches",
+        live.jwks.fetches()
+    );
+}
+
+/// The fuzz target's secret (`fuzz/fuzz_targets/verify_token.rs`): its signed mode's seeds
+/// are signed with it.
+const FUZZ_SECRET: &str = "fuzz-secret-for-the-verify-target-0123456789";
+
+/// The `Authorization` value the fuzz target builds from `seed` (its first byte picks the
+/// mode; see the target's comment), or `None` when the target would not build one either.
+fn fuzz_authorization(seed: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (&mode, rest) = seed.split_first()?;
+    match mode % 3 {
+        0 => Some(rest.to_vec()),
+        1 => std::str::from_utf8(rest)
+            .ok()
+            .map(|token| format!("Bearer {token}").into_bytes()),
+        _ => {
+            let (header, payload): (&[u8], &[u8]) = match rest.iter().position(|b| *b == 0) {
+                Some(i) => (&rest[..i], &rest[i + 1..]),
+                None => (br#"{"alg":"HS256","typ":"JWT"}"#, rest),
+            };
+            let message = format!(
+                "{}.{}",
+                URL_SAFE_NO_PAD.encode(header),
+                URL_SAFE_NO_PAD.encode(payload)
+            );
+            let signature = jsonwebtoken::crypto::sign(
+                message.as_bytes(),
+                &jsonwebtoken::EncodingKey::from_secret(FUZZ_SECRET.as_bytes()),
+                jsonwebtoken::Algorithm::HS256,
+            )
+            .unwrap();
+            Some(format!("Bearer {message}.{signature}").into_bytes())
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_fuzz_seed_corpus_gets_no_5xx_over_http_from_a_service_with_a_live_key_set() {
+    use crate::jwks::{JwksServer, Mode, fixture_jwks};
+    use std::collections::BTreeMap;
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/verify_token");
+    let mut seeds: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect();
+    seeds.sort();
+    let asymmetric = seeds
+        .iter()
+        .filter(|(_, seed)| {
+            let text = String::from_utf8_lossy(seed);
+            ["ES256", "RS256", "EdDSA", "eyJhbGciOiJFUzI1NiIs"]
+                .iter()
+                .any(|alg| text.contains(alg))
+        })
+        .count();
+    assert!(
+        seeds.len() >= 12 && asymmetric >= 6,
+        "the corpus reaches the key set: {} seeds, {asymmetric} asymmetric",
+        seeds.len()
+    );
+
+    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
+    let data = tempfile::tempdir().unwrap();
+    let config = config_with(&format!("sqlite://{}/t.db", data.path().display()), |raw| {
+        raw.supabase_url = Some(jwks.base.clone());
+        raw.supabase_jwt_secret = Some(FUZZ_SECRET.into());
+    });
+    let app = TestApp::spawn(config).await;
+    let key_set = app.state.verifier.key_set().unwrap();
+    assert!(
+        key_set
+            .wait_until_ready(std::time::Duration::from_secs(30))
+            .await
+    );
+
+    let mut tally: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut server_errors = Vec::new();
+    // Twice: the second round meets the unknown-kid cooldown the first one started.
+    for round in 1..=2 {
+        for (name, seed) in &seeds {
+            let Some(value) = fuzz_authorization(seed)
+                .and_then(|v| reqwest::header::HeaderValue::from_bytes(&v).ok())
+            else {
+                continue;
+            };
+            let response = app
+                .client
+                .get(app.url("/name"))
+                .header(reqwest::header::AUTHORIZATION, value)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            *tally.entry(status).or_default() += 1;
+            if status >= 500 {
+                server_errors.push(format!("{name} (round {round}): {status}"));
+            }
+        }
+    }
+    eprintln!(
+        "property: fuzz seed corpus ({} seeds, twice) over HTTP with a live key set: statuses \
+         {tally:?}, {} key-set fetches",
+        seeds.len(),
+        jwks.fetches()
+    );
+    assert!(server_errors.is_empty(), "{server_errors:?}");
+    assert!(tally.values().sum::<usize>() >= 2 * (seeds.len() - 1));
+}

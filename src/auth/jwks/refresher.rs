@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::freshness::{freshness_lifetime, refresh_interval, retry_interval};
 use super::jwk::{Skip, VerifyingKey, log_skipped, parse_jwk_set, summarize};
-use super::{KeySet, KeySetError, Keys, Status, TARGET, cooldown_left};
+use super::{KeySet, KeySetError, Keys, Status, TARGET, cooling_down};
 use crate::telemetry::metrics;
 
 /// Upper bound on one fetch, over the HTTP client's own timeouts (a custom client may have none).
@@ -52,13 +52,11 @@ pub(super) async fn refresher(
         }
         let on_demand = asked && !due && !forced;
         let last_on_demand = status.borrow().on_demand_started;
-        if on_demand && cooldown_left(last_on_demand, now, key_set.cooldown).is_some() {
-            // Readers raced past their own cooldown check: answer them from the last outcome.
+        if on_demand && cooling_down(last_on_demand, now, key_set.cooldown) {
+            // Readers raced past their own cooldown check: they answer from the latest outcome,
+            // as those who met the cooldown did.
             handled = key_set.ticks();
-            status.send_modify(|s| {
-                s.generation += 1;
-                s.fetched = false;
-            });
+            status.send_modify(|s| s.generation += 1);
             continue;
         }
         handled = key_set.ticks();
@@ -141,7 +139,6 @@ pub(super) async fn refresher(
         status.send_modify(|s| {
             s.in_flight = false;
             s.generation += 1;
-            s.fetched = true;
             s.loaded |= outcome.is_ok();
             s.last = Some(outcome);
         });
