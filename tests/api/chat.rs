@@ -1223,3 +1223,144 @@ async fn the_chat_routes_get_the_services_stack_cors_request_ids_and_json_fallba
     )
     .await;
 }
+
+// Issue 17, item 5: the chat cannot be used for free or without bound.
+
+/// The SQLSTATE of `sql` run as `user` through the role and claims the Data API sets (the
+/// transaction commits when it succeeds); `None` when it succeeded.
+async fn sqlstate_as_user(db: &TestDb, user: Uuid, sql: &str) -> Option<String> {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "select set_config('role', 'authenticated', true), \
+                set_config('request.jwt.claims', $1, true)",
+    )
+    .bind(json!({"sub": user.to_string(), "role": "authenticated"}).to_string())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => {
+            tx.commit().await.unwrap();
+            None
+        }
+        Err(e) => e
+            .as_database_error()
+            .and_then(|d| d.code().map(|c| c.into_owned())),
+    }
+}
+
+#[tokio::test]
+async fn migrating_over_broad_default_privileges_grants_no_truncate_trigger_or_references_on_the_chat()
+ {
+    let db = TestDb::empty().await;
+    // As in an older Supabase project: everything created in public starts with every right
+    // for `anon` and `authenticated`; and a default reaching every schema, for good measure.
+    sqlx::raw_sql(
+        "do $$ declare r text; begin \
+           foreach r in array array['anon', 'authenticated'] loop \
+             begin execute format('create role %I nologin noinherit', r); \
+             exception when duplicate_object or unique_violation then null; end; \
+           end loop; end $$; \
+         alter default privileges in schema public grant all on tables to anon, authenticated; \
+         alter default privileges in schema public grant all on sequences to anon, authenticated; \
+         alter default privileges in schema public grant all on functions to anon, authenticated; \
+         alter default privileges grant all on tables to anon, authenticated; \
+         alter default privileges grant all on functions to anon, authenticated",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("broad default privileges");
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(example_binary("chat"))
+        .arg("migrate")
+        .env_clear()
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .env("SUPABASE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run chat migrate");
+    assert!(status.success(), "chat migrate failed: {status}");
+
+    let table_rights: Vec<String> = sqlx::query_scalar(
+        "select r || ' ' || t || ' ' || p \
+         from unnest(array['anon', 'authenticated', 'public']) r, \
+              unnest(array['public.conversations', 'public.chat_messages', \
+                           'chat_private.request_windows', 'chat_private.token_days']) t, \
+              unnest(array['select', 'insert', 'update', 'delete', 'truncate', \
+                           'references', 'trigger']) p \
+         where has_table_privilege(r, t, p) order by 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let abusable = table_rights
+        .iter()
+        .filter(|r| r.ends_with("truncate") || r.ends_with("trigger") || r.ends_with("references"))
+        .count();
+    assert_eq!(
+        table_rights,
+        vec![
+            "authenticated public.chat_messages select",
+            "authenticated public.conversations delete",
+            "authenticated public.conversations insert",
+            "authenticated public.conversations select",
+        ],
+        "{abusable} truncate/trigger/references rights held by anon or authenticated"
+    );
+    let sequence_rights: Vec<String> = sqlx::query_scalar(
+        "select r || ' ' || p from unnest(array['anon', 'authenticated', 'public']) r, \
+              unnest(array['usage', 'select', 'update']) p \
+         where has_sequence_privilege(r, pg_get_serial_sequence('public.chat_messages', 'id'), p)",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        sequence_rights,
+        Vec::<String>::new(),
+        "setval would break every insert"
+    );
+    let callable: Vec<String> = sqlx::query_scalar(
+        "select r || ' ' || p.proname::text from pg_proc p \
+           join pg_namespace n on n.oid = p.pronamespace, \
+           unnest(array['anon', 'authenticated', 'public']) r \
+         where n.nspname = 'chat_private' and has_function_privilege(r, p.oid, 'execute') \
+         order by 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        callable,
+        vec!["authenticated add_tokens", "authenticated admit"],
+        "admission and adding tokens, which only add, are the user's to call"
+    );
+
+    // And the chat still works on it: inserts take the identity's next value without any
+    // right on its sequence.
+    let user = Uuid::new_v4();
+    db.seed_user(user, None).await;
+    let app = ChatApp::spawn(&db.url, &[]);
+    let events = Events::new(
+        app.chat(&token_for(user), &json!({"message": "still here"}))
+            .await,
+    )
+    .rest()
+    .await;
+    assert_eq!(events.last().unwrap().name, "done", "{events:?}");
+    let conversation: Uuid =
+        serde_json::from_value(events[0].data["conversation_id"].clone()).unwrap();
+    assert_eq!(stored(&db, conversation).await.len(), 2);
+    assert_eq!(
+        sqlstate_as_user(&db, user, "truncate public.chat_messages")
+            .await
+            .as_deref(),
+        Some("42501")
+    );
+}
