@@ -187,7 +187,8 @@ async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
     match &model {
         Model::Local(_) => tracing::info!("model: the built-in local model (LLM_BASE_URL unset)"),
         Model::Remote(upstream) => {
-            tracing::info!(url = %upstream.url(), model = %args.llm_model, "model: upstream")
+            // Masked: a base URL may carry a key in its userinfo or query.
+            tracing::info!(url = %upstream.masked_url(), model = %args.llm_model, "model: upstream")
         }
     }
     let chat = ChatState {

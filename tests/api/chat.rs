@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -19,6 +20,8 @@ use crate::helpers::{
 struct ChatApp {
     child: Child,
     base: String,
+    /// Its stderr (the log) so far.
+    log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,12 +54,23 @@ impl ChatApp {
             .env("CHAT_LOCAL_DELAY_MS", "5")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start the chat example");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let echo = std::env::var("TEST_LOG").is_ok();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if echo {
+                    eprintln!("{line}");
+                }
+                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -74,8 +88,14 @@ impl ChatApp {
         Self {
             child,
             base,
+            log,
             _dir: dir,
         }
+    }
+
+    /// What it logged so far.
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn url(&self, path: &str) -> String {
@@ -1363,4 +1383,77 @@ async fn migrating_over_broad_default_privileges_grants_no_truncate_trigger_or_r
             .as_deref(),
         Some("42501")
     );
+}
+
+#[tokio::test]
+async fn llm_base_url_credentials_never_reach_the_log() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let secrets = ["us3r-name", "pa55-word", "k3y-value"];
+    let base = format!(
+        "http://us3r-name:pa55-word@{}/v1?api-version=1&key=k3y-value",
+        fake.addr
+    );
+    let app = ChatApp::spawn(&db.url, &[("LLM_BASE_URL", &base), ("RUST_LOG", "info")]);
+    let token = token_for(user);
+    // The credentials still reach the model: userinfo as Basic auth, the query as it was.
+    let events = Events::new(app.chat(&token, &json!({"message": "hi"})).await)
+        .rest()
+        .await;
+    assert_eq!(events.last().unwrap().name, "done");
+    assert_eq!(
+        fake.seen.last_query.lock().unwrap().as_deref(),
+        Some("api-version=1&key=k3y-value")
+    );
+    assert!(
+        fake.seen
+            .last_authorization
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Basic "))
+    );
+    // A refused answer and an unreachable model: both logged with the URL.
+    assert_error(
+        app.chat(&token, &json!({"message": "[500] hi"})).await,
+        503,
+        "unavailable",
+    )
+    .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused_base = format!("http://us3r-name:pa55-word@{closed}/v1?key=k3y-value");
+    let refused = ChatApp::spawn(
+        &db.url,
+        &[("LLM_BASE_URL", &refused_base), ("RUST_LOG", "info")],
+    );
+    assert_error(
+        refused.chat(&token, &json!({"message": "hi"})).await,
+        503,
+        "unavailable",
+    )
+    .await;
+
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = app.log() + &refused.log();
+        if log.contains("model unreachable") && log.contains("model refused the request") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leaks: usize = secrets.iter().map(|s| log.matches(s).count()).sum();
+    assert_eq!(
+        leaks, 0,
+        "credentials of LLM_BASE_URL appeared {leaks} times in the log:\n{log}"
+    );
+    assert!(log.contains("model unreachable"), "{log}");
+    assert!(
+        log.contains(&format!("{closed}")),
+        "the log still says where: {log}"
+    );
+    assert!(log.contains("***"), "{log}");
 }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -46,6 +46,8 @@ pub struct Seen {
     pub last_body: Mutex<Option<Value>>,
     /// The last request's `Authorization` header.
     pub last_authorization: Mutex<Option<String>>,
+    /// The last request's query string.
+    pub last_query: Mutex<Option<String>>,
 }
 
 /// The running fake.
@@ -175,8 +177,14 @@ impl Drop for StreamGuard {
     }
 }
 
-async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(seen): State<Arc<Seen>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     seen.requests.fetch_add(1, Ordering::SeqCst);
+    *seen.last_query.lock().unwrap() = uri.query().map(str::to_owned);
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     *seen.last_authorization.lock().unwrap() = headers
         .get(header::AUTHORIZATION)
