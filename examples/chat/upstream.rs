@@ -62,6 +62,38 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+impl Usage {
+    /// Everything the answer cost: the prompt is paid for as much as the answer.
+    pub fn total(self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// The counts when the upstream gave none (it does not support `include_usage`, or the
+    /// answer was cut before its last chunk): estimated from what was sent and received.
+    pub fn estimated(messages: &[Message], streamed_bytes: u64) -> Self {
+        Self {
+            prompt_tokens: estimate_prompt_tokens(messages),
+            completion_tokens: streamed_bytes.div_ceil(BYTES_PER_TOKEN),
+        }
+    }
+}
+
+/// UTF-8 bytes per token for estimates. English runs about four bytes a token and most other
+/// scripts two to three, so three errs on the side of charging more, never much less.
+const BYTES_PER_TOKEN: u64 = 3;
+
+/// What chat-completions APIs add per message for its role and separators (OpenAI: 3 to 4).
+const TOKENS_PER_MESSAGE: u64 = 4;
+
+/// A prompt's tokens, estimated before it is sent: what admission reserves for the prompt,
+/// and what is charged when the upstream reports no usage.
+pub fn estimate_prompt_tokens(messages: &[Message]) -> u64 {
+    messages
+        .iter()
+        .map(|m| (m.content.len() as u64).div_ceil(BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE)
+        .sum()
+}
+
 /// What the answer stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
@@ -121,6 +153,8 @@ pub struct Limits {
     pub first_byte: Duration,
     /// From sending the request to the end of the answer.
     pub total: Duration,
+    /// `CHAT_MAX_OUTPUT_TOKENS`, sent as `max_tokens`.
+    pub max_output_tokens: u32,
 }
 
 /// An OpenAI-compatible chat-completions endpoint. No `Debug` derive: the URL may carry
@@ -244,6 +278,8 @@ impl Upstream {
             "messages": messages,
             "stream": true,
             "stream_options": {"include_usage": true},
+            // The one bound on an answer's cost the upstream enforces itself.
+            "max_tokens": self.limits.max_output_tokens,
         });
         let mut request = self
             .client
@@ -561,6 +597,7 @@ mod tests {
             Limits {
                 first_byte: Duration::from_secs(1),
                 total: Duration::from_secs(1),
+                max_output_tokens: 16,
             },
         )
         .unwrap();
@@ -581,6 +618,7 @@ mod tests {
             Limits {
                 first_byte: Duration::from_secs(1),
                 total: Duration::from_secs(1),
+                max_output_tokens: 16,
             },
         )
         .unwrap();
@@ -600,5 +638,21 @@ mod tests {
         let mut plain = reqwest::Url::parse("http://127.0.0.1:11434/v1/chat/completions").unwrap();
         mask_url(&mut plain);
         assert_eq!(plain.as_str(), "http://127.0.0.1:11434/v1/chat/completions");
+    }
+
+    #[test]
+    fn estimates_err_on_the_high_side() {
+        let messages = [Message {
+            role: "user".into(),
+            content: "twelve bytes".into(),
+        }];
+        assert_eq!(estimate_prompt_tokens(&messages), 4 + 4);
+        assert_eq!(
+            Usage::estimated(&messages, 7),
+            Usage {
+                prompt_tokens: 8,
+                completion_tokens: 3
+            }
+        );
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! | tag | answer |
 //! | --- | --- |
-//! | none | one chunk per word of the message, a usage chunk, `[DONE]` |
+//! | none | one chunk per word of the message (at most `max_tokens`), a usage chunk, `[DONE]` |
 //! | `[slow]` | the same, 150 ms before each chunk |
+//! | `[nousage]` | the same without the usage chunk (servers without `include_usage`) |
+//! | `[nul]` | the words with a NUL inside the first, which Postgres `text` cannot store |
 //! | `[long]` | 10,000 chunks, 20 ms apart (for cancelling mid-way) |
 //! | `[500]` | 500 before any chunk |
 //! | `[429]` | 429 with `Retry-After: 7` |
@@ -203,7 +205,16 @@ async fn completions(
         Some((tag, rest)) => (tag.to_owned(), rest.to_owned()),
         None => (String::new(), prompt.clone()),
     };
-    let words: Vec<String> = rest.split_whitespace().map(|w| format!("{w} ")).collect();
+    // A real model stops at `max_tokens`; here a token is a word.
+    let max_tokens = body["max_tokens"]
+        .as_u64()
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let words: Vec<String> = rest
+        .split_whitespace()
+        .take(max_tokens)
+        .map(|w| format!("{w} "))
+        .collect();
+    let mut usage = true;
     let (pieces, delay, reset) = match tag.as_str() {
         "500" => {
             return (
@@ -239,6 +250,17 @@ async fn completions(
             false,
         ),
         "reset" => (words.into_iter().take(2).collect(), Duration::ZERO, true),
+        "nousage" => {
+            usage = false;
+            (words, Duration::ZERO, false)
+        }
+        "nul" => {
+            let mut words = words;
+            if let Some(first) = words.first_mut() {
+                first.insert(1, '\0');
+            }
+            (words, Duration::ZERO, false)
+        }
         _ => (words, Duration::ZERO, false),
     };
     let prompt_tokens = prompt.split_whitespace().count();
@@ -269,7 +291,9 @@ async fn completions(
                 .await;
             return;
         }
-        let _ = tx.send(Ok(usage_chunk(prompt_tokens, count))).await;
+        if usage {
+            let _ = tx.send(Ok(usage_chunk(prompt_tokens, count))).await;
+        }
         if tx
             .send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
             .await
