@@ -167,10 +167,15 @@ fn model(args: &ChatArgs) -> Result<Model, String> {
     let key = args.llm_api_key.clone().and_then(ApiKey::new);
     let limits = upstream::Limits {
         first_byte: Duration::from_secs(args.chat_first_byte_seconds.max(1)),
-        total: Duration::from_secs(args.chat_max_seconds.max(1)),
+        total: max_answer(args),
         max_output_tokens: args.chat_max_output_tokens,
     };
     Upstream::new(base, key, args.llm_model.clone(), CONNECT_TIMEOUT, limits).map(Model::Remote)
+}
+
+/// `CHAT_MAX_SECONDS`: the longest an answer may take, sends to the client included.
+fn max_answer(args: &ChatArgs) -> Duration {
+    Duration::from_secs(args.chat_max_seconds.max(1))
 }
 
 /// The service's schema first (the chat's tables reference `auth.users` and use `auth.uid()`,
@@ -212,6 +217,7 @@ async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
         streams: Streams::new(limits.max_streams),
         max_output_tokens: args.chat_max_output_tokens,
         max_history_bytes: args.chat_max_history_bytes,
+        max_answer: max_answer(&args),
     };
     // The built-in /healthz, /readyz, /name and /me and the chat routes behind the service's
     // whole stack (CORS from CORS_ALLOWED_ORIGINS, request ids, spans, metrics, the request

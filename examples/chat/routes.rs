@@ -2,6 +2,7 @@
 //! `GET /conversations/{id}`; every error in the service's `{"error", "message"}` shape.
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -14,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use supabase_jwt_service::{ApiError, AppState, Claims, Tx, UserTx};
 use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout_at};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
@@ -67,6 +69,8 @@ pub struct ChatState {
     pub max_output_tokens: u32,
     /// `CHAT_MAX_HISTORY_BYTES`: the earlier messages sent upstream, newest first.
     pub max_history_bytes: u32,
+    /// `CHAT_MAX_SECONDS`: the whole answer, each frame's send to the client included.
+    pub max_answer: Duration,
 }
 
 /// The chat routes, to merge into the library's `App` (which puts them behind the service's
@@ -172,6 +176,7 @@ async fn post_chat(
         app.config.db_timeout,
         prompt_estimate,
     );
+    let deadline = Instant::now() + chat.max_answer;
     let answer = match chat.model.start(&messages).await {
         Ok(answer) => answer,
         Err(e) => {
@@ -196,6 +201,7 @@ async fn post_chat(
         question: request.message,
         sent: messages,
         charge,
+        deadline,
         _slot: slot,
     }));
 
@@ -257,6 +263,8 @@ struct Relay {
     /// What went upstream, for the estimate when the model reports no usage.
     sent: Vec<Message>,
     charge: Charge,
+    /// `CHAT_MAX_SECONDS` after the model was called: bounds the answer and every send.
+    deadline: Instant,
     /// Held until the answer ends, however it ends.
     _slot: StreamSlot,
 }
@@ -266,6 +274,8 @@ struct Relay {
 enum Ending {
     Complete,
     ClientGone,
+    /// The client kept its connection but stopped reading until the deadline.
+    ClientStalled,
     Failed(StreamError),
 }
 
@@ -299,8 +309,8 @@ impl Kept {
 
 /// Moves the answer from the model to the client, piece by piece, then charges it and stores
 /// the turn, two separate steps. When the client goes away (its response body is dropped, so
-/// the channel closes) the upstream answer is dropped at once, which closes its connection,
-/// and what was produced is stored marked incomplete.
+/// the channel closes) or stops reading until the deadline, the upstream answer is dropped at
+/// once, which closes its connection, and what was produced is stored marked incomplete.
 async fn relay(relay: Relay) {
     let Relay {
         mut answer,
@@ -311,6 +321,7 @@ async fn relay(relay: Relay) {
         question,
         sent,
         charge,
+        deadline,
         _slot,
     } = relay;
     let mut kept = Kept::default();
@@ -320,18 +331,25 @@ async fn relay(relay: Relay) {
         let next = tokio::select! {
             biased;
             () = frames.closed() => break Ending::ClientGone,
-            next = answer.next() => next,
+            next = timeout_at(deadline, answer.next()) => {
+                next.unwrap_or(Err(StreamError::TimedOut))
+            }
         };
         match next {
             Ok(Some(Piece::Text(piece))) => {
                 streamed_bytes = streamed_bytes.saturating_add(piece.len() as u64);
                 kept.push(&piece);
-                if frames
-                    .send(frame("delta", &json!({ "text": piece })))
-                    .await
-                    .is_err()
+                // A client that stops reading fills the channel; without a bound this send
+                // would wait for ever, holding the stream slot and the model's connection.
+                match timeout_at(
+                    deadline,
+                    frames.send(frame("delta", &json!({ "text": piece }))),
+                )
+                .await
                 {
-                    break Ending::ClientGone;
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break Ending::ClientGone,
+                    Err(_) => break Ending::ClientStalled,
                 }
             }
             Ok(Some(Piece::Usage(u))) => usage = Some(u),
@@ -373,7 +391,7 @@ async fn relay(relay: Relay) {
     );
 
     let last = match (ending, stored) {
-        (Ending::ClientGone, _) => return,
+        (Ending::ClientGone | Ending::ClientStalled, _) => return,
         (Ending::Failed(e), _) => frame("error", &e.to_json()),
         (Ending::Complete, Err(_)) => frame(
             "error",
@@ -381,7 +399,8 @@ async fn relay(relay: Relay) {
         ),
         (Ending::Complete, Ok(())) => frame("done", &json!({ "usage": usage })),
     };
-    let _ = frames.send(last).await;
+    // Room in the channel takes it even past the deadline; a full one is a stalled client.
+    let _ = timeout_at(deadline, frames.send(last)).await;
 }
 
 /// `GET /conversations`: the caller's conversations, most recent first. The app commits the

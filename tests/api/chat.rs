@@ -1805,6 +1805,75 @@ async fn conversation_messages_come_in_pages_with_a_cursor_newest_first() {
 }
 
 #[tokio::test]
+async fn a_client_that_stops_reading_frees_its_stream_slot_and_the_upstream_by_chat_max_seconds() {
+    use tokio::io::AsyncWriteExt;
+
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("LLM_BASE_URL", &base),
+            ("CHAT_MAX_SECONDS", "2"),
+            ("CHAT_MAX_STREAMS", "1"),
+            ("CHAT_RPM", "100"),
+            // The flood is charged what it streamed (megabytes): only the stream slot
+            // may answer 429 here.
+            ("CHAT_TOKENS_PER_DAY", "1000000000"),
+        ],
+    );
+    let token = token_for(user);
+
+    // A real client that sends its request, then never reads and keeps the socket open: a
+    // small receive buffer, so the answer piles up in the server's buffers, then in the
+    // example's, until sending the next frame waits.
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    let body = json!({"message": "[flood] go"}).to_string();
+    let request = format!(
+        "POST /chat HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.open_streams() == 1)
+            .await,
+        "the flood did not start"
+    );
+    let started = std::time::Instant::now();
+
+    // CHAT_MAX_SECONDS=2 bounds every send to the client: by then the model's connection is
+    // closed and the user's one stream slot is free again.
+    let closed = fake
+        .wait_until(Duration::from_secs(2 + 4), |f| f.open_streams() == 0)
+        .await;
+    let held_for = started.elapsed();
+    let mut next = 0;
+    for _ in 0..20 {
+        let response = app.chat(&token, &json!({"message": "are you there"})).await;
+        next = response.status().as_u16();
+        if next != 429 {
+            let _ = Events::new(response).rest().await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (closed, next),
+        (true, 200),
+        "a client that stopped reading: upstream closed {closed} after {held_for:?}, \
+         the user's next stream {next}"
+    );
+    assert_eq!(fake.cut_streams(), 1);
+    drop(stalled);
+}
+
+#[tokio::test]
 async fn migrating_over_broad_default_privileges_grants_no_truncate_trigger_or_references_on_the_chat()
  {
     let db = TestDb::empty().await;

@@ -7,6 +7,7 @@
 //! | `[slow]` | the same, 150 ms before each chunk |
 //! | `[nousage]` | the same without the usage chunk (servers without `include_usage`) |
 //! | `[nul]` | the words with a NUL inside the first, which Postgres `text` cannot store |
+//! | `[flood]` | chunks of 1,000 characters without end or delay, `max_tokens` ignored |
 //! | `[long]` | 10,000 chunks, 20 ms apart (for cancelling mid-way) |
 //! | `[500]` | 500 before any chunk |
 //! | `[429]` | 429 with `Retry-After: 7` |
@@ -261,6 +262,7 @@ async fn completions(
             }
             (words, Duration::ZERO, false)
         }
+        "flood" => (vec!["x".repeat(1000)], Duration::ZERO, false),
         _ => (words, Duration::ZERO, false),
     };
     let prompt_tokens = prompt.split_whitespace().count();
@@ -272,10 +274,25 @@ async fn completions(
         // it lives exactly as long as the stream.
         let mut guard = guard;
         let count = pieces.len();
+        // `[flood]` repeats its one chunk until the client goes: only the client's reading,
+        // never the end of the answer, can then free the connection.
+        let endless = tag == "flood";
+        let pieces = pieces
+            .into_iter()
+            .cycle()
+            .take(if endless { usize::MAX } else { count });
         for piece in pieces {
-            tokio::select! {
-                () = tx.closed() => return,
-                () = tokio::time::sleep(delay) => {}
+            // Without a delay, no timer either: even a zero sleep waits for the timer's next
+            // millisecond tick, which would make `[flood]` a trickle.
+            if delay.is_zero() {
+                if tx.is_closed() {
+                    return;
+                }
+            } else {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
             }
             if tx.send(Ok(chunk(&piece))).await.is_err() {
                 return;
