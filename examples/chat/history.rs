@@ -9,8 +9,13 @@ use uuid::Uuid;
 
 use crate::upstream::Message;
 
-/// How many earlier messages of a conversation are sent upstream with the new one.
+/// How many earlier messages of a conversation are sent upstream with the new one, at most
+/// (`CHAT_MAX_HISTORY_BYTES` bounds their size).
 pub const MAX_EARLIER_MESSAGES: i64 = 20;
+
+/// Longest stored message, in characters: the check constraint of migration 20261209000001
+/// (`chat_messages_content_length`), which holds for rows written through the Data API too.
+pub const MAX_STORED_CHARS: i64 = 32_000;
 
 /// How many conversations `GET /conversations` lists (the most recent).
 pub const MAX_LISTED: i64 = 100;
@@ -111,114 +116,224 @@ async fn sqlite_list(
     .collect()
 }
 
-/// A conversation's messages, oldest first; `None` when it is not the caller's (or unknown).
-pub async fn messages(
+/// One page of a conversation's messages.
+#[derive(Debug, Serialize)]
+pub struct Page {
+    /// Oldest first, as the conversation reads.
+    pub messages: Vec<StoredMessage>,
+    /// Pass as `before` for the page of older messages; `None` on the oldest page.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a conversation's messages: the `limit` newest ones older than the `before`
+/// cursor (the newest of all without one), oldest first. `None` when the conversation is not
+/// the caller's (or unknown).
+pub async fn page(
     conn: Conn<'_>,
     user: Uuid,
     id: Uuid,
-) -> Result<Option<Vec<StoredMessage>>, sqlx::Error> {
-    match conn {
-        Conn::Postgres(conn) => pg_messages(conn, id, i64::MAX).await,
-        Conn::Sqlite(conn) => sqlite_messages(conn, user, id, i64::MAX).await,
-    }
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Option<Page>, sqlx::Error> {
+    // One more than asked, to know whether an older page exists.
+    let rows = match conn {
+        Conn::Postgres(conn) => pg_page(conn, id, before, limit + 1).await?,
+        Conn::Sqlite(conn) => sqlite_page(conn, user, id, before, limit + 1).await?,
+    };
+    Ok(rows.map(|mut rows| {
+        // Newest first from the database.
+        let older = usize::try_from(limit).is_ok_and(|limit| rows.len() > limit);
+        if older {
+            rows.pop();
+        }
+        let next_cursor = older
+            .then(|| rows.last().map(|(id, _)| id.to_string()))
+            .flatten();
+        rows.reverse();
+        Page {
+            messages: rows.into_iter().map(|(_, m)| m).collect(),
+            next_cursor,
+        }
+    }))
 }
 
-/// The last [`MAX_EARLIER_MESSAGES`] messages of a conversation, to send upstream; `None` when
-/// it is not the caller's.
+/// The earlier messages of a conversation to send upstream with a new one: the newest
+/// [`MAX_EARLIER_MESSAGES`] at most, and of those only the newest that fit in `max_bytes` of
+/// content together, oldest first. `None` when it is not the caller's.
 pub async fn earlier(
     conn: Conn<'_>,
     user: Uuid,
     id: Uuid,
+    max_bytes: i64,
 ) -> Result<Option<Vec<Message>>, sqlx::Error> {
-    let stored = match conn {
-        Conn::Postgres(conn) => pg_messages(conn, id, MAX_EARLIER_MESSAGES).await?,
-        Conn::Sqlite(conn) => sqlite_messages(conn, user, id, MAX_EARLIER_MESSAGES).await?,
-    };
-    Ok(stored.map(|messages| {
-        messages
-            .into_iter()
-            .filter(|m| !m.content.is_empty())
-            .map(|m| Message {
-                role: m.role,
-                content: m.content,
-            })
-            .collect()
-    }))
+    match conn {
+        Conn::Postgres(conn) => pg_earlier(conn, id, max_bytes).await,
+        Conn::Sqlite(conn) => sqlite_earlier(conn, user, id, max_bytes).await,
+    }
 }
 
-/// The last `limit` messages, oldest first.
-async fn pg_messages(
-    conn: &mut PgConnection,
-    id: Uuid,
-    limit: i64,
-) -> Result<Option<Vec<StoredMessage>>, sqlx::Error> {
+async fn pg_owns(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    // No owner filter: RLS shows the caller's conversations only.
     let exists: Option<i32> =
         sqlx::query_scalar("select 1 from public.conversations where id = $1")
             .bind(id)
             .persistent(false)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(conn)
             .await?;
-    if exists.is_none() {
+    Ok(exists.is_some())
+}
+
+async fn sqlite_owns(
+    conn: &mut SqliteConnection,
+    user: Uuid,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("select 1 from conversations where id = ?1 and owner = ?2")
+            .bind(id.to_string())
+            .bind(user.to_string())
+            .fetch_optional(conn)
+            .await?;
+    Ok(exists.is_some())
+}
+
+/// The running sum, newest first, keeps the newest messages that fit: it only grows, so the
+/// rows under the cap are the newest ones, without a gap. `octet_length` reads a stored
+/// value's size without loading it, and a row over the cap is never loaded.
+async fn pg_earlier(
+    conn: &mut PgConnection,
+    id: Uuid,
+    max_bytes: i64,
+) -> Result<Option<Vec<Message>>, sqlx::Error> {
+    if !pg_owns(conn, id).await? {
+        return Ok(None);
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select role, content from ( \
+           select id, role, content, sum(octet_length(content)) over ( \
+             order by id desc rows between unbounded preceding and current row) as running \
+           from public.chat_messages where conversation_id = $1 and content <> '' \
+           order by id desc limit $2 \
+         ) newest where running <= $3 order by id",
+    )
+    .bind(id)
+    .bind(MAX_EARLIER_MESSAGES)
+    .bind(max_bytes)
+    .persistent(false)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|(role, content)| Message { role, content })
+            .collect(),
+    ))
+}
+
+async fn sqlite_earlier(
+    conn: &mut SqliteConnection,
+    user: Uuid,
+    id: Uuid,
+    max_bytes: i64,
+) -> Result<Option<Vec<Message>>, sqlx::Error> {
+    if !sqlite_owns(conn, user, id).await? {
+        return Ok(None);
+    }
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select role, content from ( \
+           select id, role, content, sum(length(cast(content as blob))) over ( \
+             order by id desc rows between unbounded preceding and current row) as running \
+           from chat_messages where conversation_id = ?1 and owner = ?2 and content <> '' \
+           order by id desc limit ?3 \
+         ) where running <= ?4 order by id",
+    )
+    .bind(id.to_string())
+    .bind(user.to_string())
+    .bind(MAX_EARLIER_MESSAGES)
+    .bind(max_bytes)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|(role, content)| Message { role, content })
+            .collect(),
+    ))
+}
+
+/// Newest first, with their ids. Rows stored before the length check existed may be longer
+/// than [`MAX_STORED_CHARS`]: only that much of them is read (`substr` fetches a slice of a
+/// large value, not all of it).
+async fn pg_page(
+    conn: &mut PgConnection,
+    id: Uuid,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Option<Vec<(i64, StoredMessage)>>, sqlx::Error> {
+    if !pg_owns(conn, id).await? {
         return Ok(None);
     }
     let rows = sqlx::query(
-        "select role, content, incomplete, created_at from ( \
-           select id, role, content, incomplete, to_json(created_at) #>> '{}' as created_at \
-           from public.chat_messages where conversation_id = $1 order by id desc limit $2 \
-         ) last order by id",
+        "select id, role, substr(content, 1, $4::int) as content, incomplete, \
+           to_json(created_at) #>> '{}' as created_at \
+         from public.chat_messages where conversation_id = $1 and ($2::bigint is null or id < $2) \
+         order by id desc limit $3",
     )
     .bind(id)
+    .bind(before)
     .bind(limit)
+    .bind(MAX_STORED_CHARS)
     .persistent(false)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(StoredMessage {
-                role: r.try_get("role")?,
-                content: r.try_get("content")?,
-                created_at: r.try_get("created_at")?,
-                incomplete: r.try_get("incomplete")?,
-            })
+            Ok((
+                r.try_get("id")?,
+                StoredMessage {
+                    role: r.try_get("role")?,
+                    content: r.try_get("content")?,
+                    created_at: r.try_get("created_at")?,
+                    incomplete: r.try_get("incomplete")?,
+                },
+            ))
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map(Some)
 }
 
-async fn sqlite_messages(
+async fn sqlite_page(
     conn: &mut SqliteConnection,
     user: Uuid,
     id: Uuid,
+    before: Option<i64>,
     limit: i64,
-) -> Result<Option<Vec<StoredMessage>>, sqlx::Error> {
-    let exists: Option<i64> =
-        sqlx::query_scalar("select 1 from conversations where id = ?1 and owner = ?2")
-            .bind(id.to_string())
-            .bind(user.to_string())
-            .fetch_optional(&mut *conn)
-            .await?;
-    if exists.is_none() {
+) -> Result<Option<Vec<(i64, StoredMessage)>>, sqlx::Error> {
+    if !sqlite_owns(conn, user, id).await? {
         return Ok(None);
     }
     let rows = sqlx::query(
-        "select role, content, incomplete, created_at from ( \
-           select id, role, content, incomplete, created_at from chat_messages \
-           where conversation_id = ?1 and owner = ?2 order by id desc limit ?3 \
-         ) order by id",
+        "select id, role, substr(content, 1, ?5) as content, incomplete, created_at \
+         from chat_messages where conversation_id = ?1 and owner = ?2 \
+           and (?3 is null or id < ?3) \
+         order by id desc limit ?4",
     )
     .bind(id.to_string())
     .bind(user.to_string())
+    .bind(before)
     .bind(limit)
+    .bind(MAX_STORED_CHARS)
     .fetch_all(&mut *conn)
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(StoredMessage {
-                role: r.try_get("role")?,
-                content: r.try_get("content")?,
-                created_at: r.try_get("created_at")?,
-                incomplete: r.try_get::<i64, _>("incomplete")? != 0,
-            })
+            Ok((
+                r.try_get("id")?,
+                StoredMessage {
+                    role: r.try_get("role")?,
+                    content: r.try_get("content")?,
+                    created_at: r.try_get("created_at")?,
+                    incomplete: r.try_get::<i64, _>("incomplete")? != 0,
+                },
+            ))
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map(Some)

@@ -7,18 +7,21 @@ use std::time::Duration;
 
 use crate::upstream::{Message, Piece, Usage};
 
-/// The local model: how long it waits before each word.
+/// The local model: how long it waits before each word, and how many words it may say.
 #[derive(Debug, Clone, Copy)]
 pub struct LocalModel {
     /// Delay before each word (`CHAT_LOCAL_DELAY_MS`).
     pub delay: Duration,
+    /// `CHAT_MAX_OUTPUT_TOKENS`: it stops there, as a real model told `max_tokens` does.
+    pub max_tokens: u32,
 }
 
 impl LocalModel {
     /// Starts the answer to the last message of `messages`. Tokens are counted as words.
     pub fn answer(&self, messages: &[Message]) -> LocalAnswer {
         let prompt = messages.last().map_or("", |m| m.content.as_str());
-        let words: Vec<&str> = prompt.split_whitespace().collect();
+        let cap = usize::try_from(self.max_tokens).unwrap_or(usize::MAX);
+        let words: Vec<&str> = prompt.split_whitespace().take(cap).collect();
         let last = words.len().saturating_sub(1);
         let pieces: VecDeque<String> = words
             .iter()
@@ -73,6 +76,7 @@ mod tests {
     async fn it_echoes_word_by_word_and_counts_words() {
         let model = LocalModel {
             delay: Duration::ZERO,
+            max_tokens: 100,
         };
         let mut answer = model.answer(&[Message {
             role: "user".into(),
@@ -93,6 +97,33 @@ mod tests {
                 prompt_tokens: 3,
                 completion_tokens: 3
             })
+        );
+    }
+
+    #[tokio::test]
+    async fn it_stops_at_the_output_cap() {
+        let model = LocalModel {
+            delay: Duration::ZERO,
+            max_tokens: 2,
+        };
+        let mut answer = model.answer(&[Message {
+            role: "user".into(),
+            content: "one two three four".into(),
+        }]);
+        let mut pieces = Vec::new();
+        while let Some(piece) = answer.next().await {
+            pieces.push(piece);
+        }
+        assert_eq!(
+            pieces,
+            vec![
+                Piece::Text("one ".into()),
+                Piece::Text("two".into()),
+                Piece::Usage(Usage {
+                    prompt_tokens: 4,
+                    completion_tokens: 2
+                })
+            ]
         );
     }
 }

@@ -95,7 +95,7 @@ struct ChatArgs {
         hide_env_values = true
     )]
     chat_anon_rpm: u32,
-    /// Completion tokens per user and UTC day
+    /// Tokens (prompt and completion) per user and UTC day
     #[arg(
         long,
         env = "CHAT_TOKENS_PER_DAY",
@@ -106,6 +106,19 @@ struct ChatArgs {
     /// Answers one user may stream at once (per instance)
     #[arg(long, env = "CHAT_MAX_STREAMS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
     chat_max_streams: u32,
+    /// Longest answer, in tokens: sent upstream as `max_tokens`, and reserved from the day's
+    /// tokens at admission
+    #[arg(long, env = "CHAT_MAX_OUTPUT_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
+    chat_max_output_tokens: u32,
+    /// Earlier messages of the conversation sent upstream with a new one, in bytes of their
+    /// text, newest first
+    #[arg(
+        long,
+        env = "CHAT_MAX_HISTORY_BYTES",
+        default_value_t = 16_384,
+        hide_env_values = true
+    )]
+    chat_max_history_bytes: u32,
     /// The local model's delay before each word, in milliseconds
     #[arg(
         long,
@@ -148,14 +161,21 @@ fn model(args: &ChatArgs) -> Result<Model, String> {
     let Some(base) = args.llm_base_url.as_deref().filter(|u| !u.is_empty()) else {
         return Ok(Model::Local(LocalModel {
             delay: Duration::from_millis(args.chat_local_delay_ms),
+            max_tokens: args.chat_max_output_tokens,
         }));
     };
     let key = args.llm_api_key.clone().and_then(ApiKey::new);
     let limits = upstream::Limits {
         first_byte: Duration::from_secs(args.chat_first_byte_seconds.max(1)),
-        total: Duration::from_secs(args.chat_max_seconds.max(1)),
+        total: max_answer(args),
+        max_output_tokens: args.chat_max_output_tokens,
     };
     Upstream::new(base, key, args.llm_model.clone(), CONNECT_TIMEOUT, limits).map(Model::Remote)
+}
+
+/// `CHAT_MAX_SECONDS`: the longest an answer may take, sends to the client included.
+fn max_answer(args: &ChatArgs) -> Duration {
+    Duration::from_secs(args.chat_max_seconds.max(1))
 }
 
 /// The service's schema first (the chat's tables reference `auth.users` and use `auth.uid()`,
@@ -187,13 +207,17 @@ async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
     match &model {
         Model::Local(_) => tracing::info!("model: the built-in local model (LLM_BASE_URL unset)"),
         Model::Remote(upstream) => {
-            tracing::info!(url = %upstream.url(), model = %args.llm_model, "model: upstream")
+            // Masked: a base URL may carry a key in its userinfo or query.
+            tracing::info!(url = %upstream.masked_url(), model = %args.llm_model, "model: upstream")
         }
     }
     let chat = ChatState {
         model,
         limits,
         streams: Streams::new(limits.max_streams),
+        max_output_tokens: args.chat_max_output_tokens,
+        max_history_bytes: args.chat_max_history_bytes,
+        max_answer: max_answer(&args),
     };
     // The built-in /healthz, /readyz, /name and /me and the chat routes behind the service's
     // whole stack (CORS from CORS_ALLOWED_ORIGINS, request ids, spans, metrics, the request

@@ -1,16 +1,17 @@
-//! Per-user quota: requests per minute and completion tokens per day, counted in the database
-//! (one row per user and window) so that every instance of the app shares them, and a cap on
-//! the answers one user streams at once, counted in this process.
+//! Per-user quota: requests per minute and tokens (prompt and completion) per day, counted in
+//! the database (one row per user and window) so that every instance of the app shares them,
+//! and a cap on the answers one user streams at once, counted in this process. A request's
+//! tokens are reserved at admission and settled after its answer, each a step of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::{PgConnection, SqliteConnection};
-use supabase_jwt_service::{ApiError, Claims, Conn};
+use sqlx::{AssertSqlSafe, PgConnection, SqliteConnection};
+use supabase_jwt_service::{ApiError, Claims, Conn, Db};
 use uuid::Uuid;
 
-use crate::db::unavailable;
+use crate::db::{bounded, unavailable};
 
 /// Anonymous users refused outright (`CHAT_ANON_RPM=0`).
 pub const ANONYMOUS_REFUSED: ApiError = ApiError::custom(
@@ -26,7 +27,7 @@ pub struct Limits {
     pub requests_per_minute: u32,
     /// `CHAT_ANON_RPM`: requests per minute for an anonymous user; 0 refuses them.
     pub anonymous_requests_per_minute: u32,
-    /// `CHAT_TOKENS_PER_DAY`: completion tokens per user and UTC day.
+    /// `CHAT_TOKENS_PER_DAY`: tokens (prompt and completion) per user and UTC day.
     pub tokens_per_day: u64,
     /// `CHAT_MAX_STREAMS`: answers one user may stream at once.
     pub max_streams: usize,
@@ -46,51 +47,76 @@ impl Limits {
     }
 }
 
-/// Admits one request or says how long to wait, as ONE statement that checks and counts
-/// atomically, so concurrent requests (on any number of machines) cannot overshoot.
+/// What admission charged the caller's day before the model was called; settled to the
+/// real usage once the answer has ended ([`settle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The UTC day charged (`YYYY-MM-DD` on Postgres, days since the epoch on SQLite): an
+    /// answer that ends after midnight is settled on the day it was admitted.
+    pub day: String,
+    /// Tokens reserved.
+    pub tokens: u64,
+}
+
+/// Admits one request and reserves `reserve` tokens of the day, or says how long to wait, as
+/// ONE statement that checks, counts and reserves atomically, so concurrent requests (on any
+/// number of machines) cannot overshoot the minute's requests, and overshoot the day's tokens
+/// by at most one reservation.
 pub async fn admit(
     conn: Conn<'_>,
     user: Uuid,
     rpm: u32,
     tokens_per_day: u64,
-) -> Result<(), ApiError> {
-    let wait = match conn {
-        Conn::Postgres(conn) => admit_pg(conn, rpm, tokens_per_day).await,
-        Conn::Sqlite(conn) => admit_sqlite(conn, user, rpm, tokens_per_day).await,
+    reserve: u64,
+) -> Result<Reservation, ApiError> {
+    let admitted = match conn {
+        Conn::Postgres(conn) => admit_pg(conn, rpm, tokens_per_day, reserve).await,
+        Conn::Sqlite(conn) => admit_sqlite(conn, user, rpm, tokens_per_day, reserve).await,
     }
     .map_err(unavailable)?;
-    match wait {
-        0 => Ok(()),
-        seconds => Err(ApiError::RateLimited(seconds)),
+    match admitted {
+        (0, day) => Ok(Reservation {
+            day,
+            tokens: reserve,
+        }),
+        (seconds, _) => Err(ApiError::RateLimited(seconds)),
     }
 }
 
-/// `chat_private.admit` acts on `auth.uid()` (see the migration): 0, or seconds to wait.
+/// `chat_private.admit_and_reserve` acts on `auth.uid()` (see the migration): 0 or the
+/// seconds to wait, and the day it charged.
 async fn admit_pg(
     conn: &mut PgConnection,
     rpm: u32,
     tokens_per_day: u64,
-) -> Result<u32, sqlx::Error> {
-    let wait: i32 = sqlx::query_scalar("select chat_private.admit($1, $2)")
-        .bind(i32::try_from(rpm).unwrap_or(i32::MAX))
-        .bind(i64::try_from(tokens_per_day).unwrap_or(i64::MAX))
-        .persistent(false)
-        .fetch_one(conn)
-        .await?;
-    Ok(u32::try_from(wait.max(0)).unwrap_or(0))
+    reserve: u64,
+) -> Result<(u32, String), sqlx::Error> {
+    let (wait, day): (i32, String) = sqlx::query_as(
+        "select wait_seconds, reserved_day::text from chat_private.admit_and_reserve($1, $2, $3)",
+    )
+    .bind(i32::try_from(rpm).unwrap_or(i32::MAX))
+    .bind(i64::try_from(tokens_per_day).unwrap_or(i64::MAX))
+    .bind(i64::try_from(reserve).unwrap_or(i64::MAX))
+    .persistent(false)
+    .fetch_one(conn)
+    .await?;
+    Ok((u32::try_from(wait.max(0)).unwrap_or(0), day))
 }
 
+/// The same steps on SQLite, where the caller's transaction already holds the write lock
+/// (`BEGIN IMMEDIATE`), so they cannot interleave with another admission.
 async fn admit_sqlite(
     conn: &mut SqliteConnection,
     user: Uuid,
     rpm: u32,
     tokens_per_day: u64,
-) -> Result<u32, sqlx::Error> {
-    if rpm == 0 {
-        return Ok(60);
-    }
+    reserve: u64,
+) -> Result<(u32, String), sqlx::Error> {
     let now = unix_seconds();
     let (minute, day) = (now - now % 60, day_of(now));
+    if rpm == 0 {
+        return Ok((60, day));
+    }
     let spent: Option<i64> =
         sqlx::query_scalar("select tokens from chat_token_days where user_id = ?1 and day = ?2")
             .bind(user.to_string())
@@ -98,7 +124,7 @@ async fn admit_sqlite(
             .fetch_optional(&mut *conn)
             .await?;
     if spent.is_some_and(|t| u64::try_from(t).unwrap_or(0) >= tokens_per_day) {
-        return Ok(seconds_until_next_day(now));
+        return Ok((seconds_until_next_day(now), day));
     }
     // The check and the count in one statement: the update's WHERE refuses a full window,
     // and then nothing is returned.
@@ -113,40 +139,164 @@ async fn admit_sqlite(
     .fetch_optional(&mut *conn)
     .await?;
     if counted.is_none() {
-        return Ok(u32::try_from(minute + 60 - now).unwrap_or(60).max(1));
+        return Ok((u32::try_from(minute + 60 - now).unwrap_or(60).max(1), day));
     }
+    sqlx::query(
+        "insert into chat_token_days (user_id, day, tokens) values (?1, ?2, ?3) \
+         on conflict (user_id, day) do update set tokens = tokens + excluded.tokens",
+    )
+    .bind(user.to_string())
+    .bind(&day)
+    .bind(i64::try_from(reserve).unwrap_or(i64::MAX))
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("delete from chat_request_windows where user_id = ?1 and window_start < ?2")
         .bind(user.to_string())
         .bind(minute - 3600)
         .execute(&mut *conn)
         .await?;
-    Ok(0)
+    Ok((0, day))
 }
 
-/// Adds a finished turn's completion tokens to the caller's day.
-pub async fn add_tokens(conn: Conn<'_>, user: Uuid, tokens: u64) -> Result<(), sqlx::Error> {
-    let tokens = i64::try_from(tokens).unwrap_or(i64::MAX);
-    match conn {
-        Conn::Postgres(conn) => {
-            sqlx::query("select chat_private.add_tokens($1)")
-                .bind(tokens)
+/// Settles a reservation to what the answer really cost, in a step of its own: on Postgres as
+/// the app's own database user, outside any caller's transaction, so neither a failed history
+/// write nor a session ended mid-answer (`SESSION_CHECK=on`) can skip it. `limit` bounds the
+/// statement on the server (`DB_TIMEOUT_SECONDS`); the caller bounds the whole step.
+pub async fn settle(
+    db: &Db,
+    user: Uuid,
+    reservation: &Reservation,
+    used: u64,
+    limit: Duration,
+) -> Result<(), ApiError> {
+    let reserved = i64::try_from(reservation.tokens).unwrap_or(i64::MAX);
+    let used = i64::try_from(used).unwrap_or(i64::MAX);
+    match db {
+        Db::Postgres(pg) => {
+            let mut lease = pg.acquire().await.map_err(unavailable)?;
+            // Until the commit succeeds the lease is closed rather than reused, whatever
+            // happens to this future. Explicit transaction: through a transaction-mode
+            // pooler an unnamed statement outside one may be answered by another backend.
+            lease.enter_transaction();
+            let millis = limit.as_millis().max(1);
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "begin; set local statement_timeout = {millis}; set local lock_timeout = {millis}"
+            )))
+            .execute(&mut *lease)
+            .await
+            .map_err(unavailable)?;
+            sqlx::query("select chat_private.settle($1, $2::date, $3, $4)")
+                .bind(user)
+                .bind(&reservation.day)
+                .bind(reserved)
+                .bind(used)
                 .persistent(false)
-                .execute(conn)
-                .await?;
+                .execute(&mut *lease)
+                .await
+                .map_err(unavailable)?;
+            sqlx::raw_sql("commit")
+                .execute(&mut *lease)
+                .await
+                .map_err(unavailable)?;
+            lease.transaction_ended();
+            lease.release();
         }
-        Conn::Sqlite(conn) => {
+        Db::Sqlite(pool) => {
             sqlx::query(
-                "insert into chat_token_days (user_id, day, tokens) values (?1, ?2, ?3) \
-                 on conflict (user_id, day) do update set tokens = tokens + excluded.tokens",
+                "update chat_token_days set tokens = max(tokens - ?1, 0) + ?2 \
+                 where user_id = ?3 and day = ?4",
             )
+            .bind(reserved.max(0))
+            .bind(used.max(0))
             .bind(user.to_string())
-            .bind(day_of(unix_seconds()))
-            .bind(tokens)
-            .execute(conn)
-            .await?;
+            .bind(&reservation.day)
+            .execute(pool)
+            .await
+            .map_err(unavailable)?;
         }
     }
     Ok(())
+}
+
+/// A reservation not yet settled. Exactly one settle is ever sent for it, from a task of its
+/// own so that a cancelled handler cannot cut it short (a settle sent twice would refund the
+/// reservation twice): by [`Charge::settle`], or, when the charge is dropped unsettled (the
+/// handler was dropped while the model was being called, a task panicked), with the
+/// `fallback` given at creation.
+#[derive(Debug)]
+pub struct Charge(Option<Unsettled>);
+
+#[derive(Debug)]
+struct Unsettled {
+    db: Db,
+    user: Uuid,
+    reservation: Reservation,
+    /// `DB_TIMEOUT_SECONDS`.
+    limit: Duration,
+    fallback: u64,
+}
+
+impl Charge {
+    /// A reservation to settle; `fallback` is what it costs if it is dropped unsettled.
+    pub fn new(
+        db: Db,
+        user: Uuid,
+        reservation: Reservation,
+        limit: Duration,
+        fallback: u64,
+    ) -> Self {
+        Self(Some(Unsettled {
+            db,
+            user,
+            reservation,
+            limit,
+            fallback,
+        }))
+    }
+
+    /// Settles to `used` tokens; the task answers whether the database took it.
+    pub fn settle(mut self, used: u64) -> tokio::task::JoinHandle<bool> {
+        match self.0.take() {
+            Some(unsettled) => tokio::spawn(unsettled.settle(used)),
+            None => tokio::spawn(async { false }),
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if let Some(unsettled) = self.0.take() {
+            let used = unsettled.fallback;
+            // No runtime: the process is ending, and the day keeps the reservation.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(unsettled.settle(used));
+            }
+        }
+    }
+}
+
+impl Unsettled {
+    async fn settle(self, used: u64) -> bool {
+        let Self {
+            db,
+            user,
+            reservation,
+            limit,
+            ..
+        } = self;
+        let settled = bounded(limit, settle(&db, user, &reservation, used, limit)).await;
+        if settled.is_err() {
+            // `unavailable` logged the reason.
+            tracing::warn!(
+                target: "chat::quota",
+                reserved = reservation.tokens,
+                used,
+                user.id = %user,
+                "could not settle the answer's tokens: the day keeps its reservation"
+            );
+        }
+        settled.is_ok()
+    }
 }
 
 fn unix_seconds() -> i64 {

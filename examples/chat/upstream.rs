@@ -62,6 +62,38 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
+impl Usage {
+    /// Everything the answer cost: the prompt is paid for as much as the answer.
+    pub fn total(self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
+
+    /// The counts when the upstream gave none (it does not support `include_usage`, or the
+    /// answer was cut before its last chunk): estimated from what was sent and received.
+    pub fn estimated(messages: &[Message], streamed_bytes: u64) -> Self {
+        Self {
+            prompt_tokens: estimate_prompt_tokens(messages),
+            completion_tokens: streamed_bytes.div_ceil(BYTES_PER_TOKEN),
+        }
+    }
+}
+
+/// UTF-8 bytes per token for estimates. English runs about four bytes a token and most other
+/// scripts two to three, so three errs on the side of charging more, never much less.
+const BYTES_PER_TOKEN: u64 = 3;
+
+/// What chat-completions APIs add per message for its role and separators (OpenAI: 3 to 4).
+const TOKENS_PER_MESSAGE: u64 = 4;
+
+/// A prompt's tokens, estimated before it is sent: what admission reserves for the prompt,
+/// and what is charged when the upstream reports no usage.
+pub fn estimate_prompt_tokens(messages: &[Message]) -> u64 {
+    messages
+        .iter()
+        .map(|m| (m.content.len() as u64).div_ceil(BYTES_PER_TOKEN) + TOKENS_PER_MESSAGE)
+        .sum()
+}
+
 /// What the answer stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece {
@@ -121,16 +153,78 @@ pub struct Limits {
     pub first_byte: Duration,
     /// From sending the request to the end of the answer.
     pub total: Duration,
+    /// `CHAT_MAX_OUTPUT_TOKENS`, sent as `max_tokens`.
+    pub max_output_tokens: u32,
 }
 
-/// An OpenAI-compatible chat-completions endpoint.
-#[derive(Debug, Clone)]
+/// An OpenAI-compatible chat-completions endpoint. No `Debug` derive: the URL may carry
+/// credentials (userinfo, a `?key=`), so it prints masked.
+#[derive(Clone)]
 pub struct Upstream {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The URL as logs may show it, computed once.
+    masked: String,
     key: Option<ApiKey>,
     model: String,
     limits: Limits,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("url", &self.masked)
+            .field("key", &self.key)
+            .field("model", &self.model)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Query parameters whose value is a credential, matched on the lowercased name anywhere in
+/// it: `key` (Google's `?key=`, `api_key`, `api-key`, `x-goog-api-key`), tokens, secrets,
+/// passwords, signatures (Azure's SAS `sig`). Loose on purpose: masking a harmless value costs
+/// a less useful log line, missing a key leaks it.
+const CREDENTIAL_PARTS: [&str; 7] = ["key", "token", "secret", "pass", "pwd", "sig", "auth"];
+
+fn is_credential_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    CREDENTIAL_PARTS.iter().any(|part| name.contains(part))
+}
+
+/// Replaces every credential in `url` with `***`: the user name and password (reqwest sends
+/// them as Basic auth) and credential-looking query values. Scheme, host, port, path and the
+/// other parameters stay, so a log still says where the model is.
+pub fn mask_url(url: &mut reqwest::Url) {
+    // Neither setter fails on an http(s) URL; a URL that cannot carry userinfo has none.
+    if !url.username().is_empty() {
+        let _ = url.set_username("***");
+    }
+    if url.password().is_some() {
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query_pairs().any(|(k, _)| is_credential_param(&k)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_credential_param(&k) {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+}
+
+/// A reqwest error safe to log: its text quotes the request's URL, credentials included.
+fn loggable(mut e: reqwest::Error) -> reqwest::Error {
+    if let Some(url) = e.url_mut() {
+        mask_url(url);
+    }
+    e
 }
 
 impl Upstream {
@@ -159,8 +253,11 @@ impl Upstream {
             ))
             .build()
             .map_err(|e| format!("LLM client: {e}"))?;
+        let mut masked = url.clone();
+        mask_url(&mut masked);
         Ok(Self {
             client,
+            masked: masked.to_string(),
             url,
             key,
             model,
@@ -168,9 +265,9 @@ impl Upstream {
         })
     }
 
-    /// The endpoint, for the start-up log (it holds no secret).
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
+    /// The endpoint with its credentials masked, for logs.
+    pub fn masked_url(&self) -> &str {
+        &self.masked
     }
 
     /// Sends the conversation and waits for the response headers (at most `first_byte`).
@@ -181,6 +278,8 @@ impl Upstream {
             "messages": messages,
             "stream": true,
             "stream_options": {"include_usage": true},
+            // The one bound on an answer's cost the upstream enforces itself.
+            "max_tokens": self.limits.max_output_tokens,
         });
         let mut request = self
             .client
@@ -195,19 +294,19 @@ impl Upstream {
         }
         let response = match tokio::time::timeout(self.limits.first_byte, request.send()).await {
             Err(_) => {
-                tracing::warn!(target: "chat::upstream", "no answer from the model within the first-byte timeout");
+                tracing::warn!(target: "chat::upstream", url = %self.masked, "no answer from the model within the first-byte timeout");
                 return Err(StartError::Unavailable(DEFAULT_RETRY_SECONDS));
             }
             Ok(Err(e)) => {
-                // reqwest's error text carries the URL, never headers: safe to log.
-                tracing::warn!(target: "chat::upstream", error = %e, "model unreachable");
+                // reqwest's error text quotes the URL (never headers): masked first.
+                tracing::warn!(target: "chat::upstream", error = %loggable(e), "model unreachable");
                 return Err(StartError::Unavailable(DEFAULT_RETRY_SECONDS));
             }
             Ok(Ok(response)) => response,
         };
         let status = response.status();
         if !status.is_success() {
-            tracing::warn!(target: "chat::upstream", status = status.as_u16(), "model refused the request");
+            tracing::warn!(target: "chat::upstream", url = %self.masked, status = status.as_u16(), "model refused the request");
             return Err(start_error(status, response.headers().get(RETRY_AFTER)));
         }
         let is_event_stream = response
@@ -267,7 +366,7 @@ impl UpstreamAnswer {
             let chunk = match tokio::time::timeout_at(self.deadline, self.response.chunk()).await {
                 Err(_) => return Err(StreamError::TimedOut),
                 Ok(Err(e)) => {
-                    tracing::warn!(target: "chat::upstream", error = %e, "model stream broke");
+                    tracing::warn!(target: "chat::upstream", error = %loggable(e), "model stream broke");
                     return Err(StreamError::Broken);
                 }
                 Ok(Ok(None)) => {
@@ -498,13 +597,62 @@ mod tests {
             Limits {
                 first_byte: Duration::from_secs(1),
                 total: Duration::from_secs(1),
+                max_output_tokens: 16,
             },
         )
         .unwrap();
         assert!(!format!("{upstream:?}").contains("sk-very-secret"));
         assert_eq!(
-            upstream.url().as_str(),
+            upstream.url.as_str(),
             "http://127.0.0.1:1/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn credentials_in_the_base_url_are_masked_and_the_rest_kept() {
+        let upstream = Upstream::new(
+            "https://us3r:pa55@llm.example/v1?api-version=2024-06-01&key=k3y&X-Api-Key=k4y&sig=s1g",
+            None,
+            "m".into(),
+            Duration::from_secs(1),
+            Limits {
+                first_byte: Duration::from_secs(1),
+                total: Duration::from_secs(1),
+                max_output_tokens: 16,
+            },
+        )
+        .unwrap();
+        let masked = upstream.masked_url();
+        for secret in ["us3r", "pa55", "k3y", "k4y", "s1g"] {
+            assert!(!masked.contains(secret), "{masked}");
+            assert!(!format!("{upstream:?}").contains(secret));
+        }
+        assert_eq!(
+            masked,
+            "https://***:***@llm.example/v1/chat/completions?api-version=2024-06-01&key=***&X-Api-Key=***&sig=***"
+        );
+        // The request itself still carries them.
+        assert!(upstream.url.as_str().contains("key=k3y"));
+        assert_eq!(upstream.url.password(), Some("pa55"));
+
+        let mut plain = reqwest::Url::parse("http://127.0.0.1:11434/v1/chat/completions").unwrap();
+        mask_url(&mut plain);
+        assert_eq!(plain.as_str(), "http://127.0.0.1:11434/v1/chat/completions");
+    }
+
+    #[test]
+    fn estimates_err_on_the_high_side() {
+        let messages = [Message {
+            role: "user".into(),
+            content: "twelve bytes".into(),
+        }];
+        assert_eq!(estimate_prompt_tokens(&messages), 4 + 4);
+        assert_eq!(
+            Usage::estimated(&messages, 7),
+            Usage {
+                prompt_tokens: 8,
+                completion_tokens: 3
+            }
         );
     }
 }

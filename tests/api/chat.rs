@@ -1,10 +1,13 @@
 //! The chat example (`examples/chat`) from outside: its binary over real HTTP, a fake
 //! OpenAI-compatible upstream on port 0, and real Postgres (or the embedded SQLite store).
 //! Every row of issue 14's HTTP contract, the quota race on one and two instances, RLS, and a
-//! client that goes away mid-answer.
+//! client that goes away mid-answer; then issue 17's bounds: what one request may cost and
+//! store, charged whatever happens to the history, a client that stops reading, exact grants,
+//! and the model's URL kept out of the log.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -12,13 +15,16 @@ use uuid::Uuid;
 
 use crate::fake_llm::FakeLlm;
 use crate::helpers::{
-    SECRET, TestDb, assert_error, claims, client, example_binary, sign, token_for,
+    SECRET, TestDb, assert_error, claims, claims_in_session, client, example_binary, sign,
+    token_for,
 };
 
 /// A running instance of the example; killed when dropped.
 struct ChatApp {
     child: Child,
     base: String,
+    /// Its stderr (the log) so far.
+    log: Arc<Mutex<String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -51,12 +57,23 @@ impl ChatApp {
             .env("CHAT_LOCAL_DELAY_MS", "5")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var("TEST_LOG").is_ok() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(Stdio::piped());
         let mut child = command.spawn().expect("start the chat example");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let echo = std::env::var("TEST_LOG").is_ok();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { return };
+                if echo {
+                    eprintln!("{line}");
+                }
+                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -74,8 +91,14 @@ impl ChatApp {
         Self {
             child,
             base,
+            log,
             _dir: dir,
         }
+    }
+
+    /// What it logged so far.
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn url(&self, path: &str) -> String {
@@ -402,6 +425,17 @@ async fn upstream_failures_before_the_stream_map_to_503_and_502_never_500() {
         started.elapsed()
     );
     assert_eq!(fake.requests(), 4);
+    // Each was admitted with a reservation of the output cap, given back since no answer
+    // came: an outage upstream does not spend the users' day.
+    let mut charged = -1;
+    for _ in 0..50 {
+        charged = tokens_charged(&db, user).await;
+        if charged == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(charged, 0, "tokens charged for four refused requests");
 
     // Nothing listens on a port we just bound and released: connection refused.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -675,7 +709,7 @@ async fn over_quota_answers_429_with_retry_after_for_streams_tokens_and_anonymou
     assert!(headers.contains_key("retry-after"));
     let _ = Events::new(first).rest().await;
 
-    // Past the day's completion tokens (3): the 4-word answer is admitted, the next is not.
+    // Past the day's tokens (3): the 4-word answer is admitted, the next is not.
     let heavy_token = token_for(heavy);
     let answer = app
         .chat(&heavy_token, &json!({"message": "one two three four"}))
@@ -1222,4 +1256,810 @@ async fn the_chat_routes_get_the_services_stack_cors_request_ids_and_json_fallba
         "not_found",
     )
     .await;
+}
+
+// Issue 17, item 5: the chat cannot be used for free or without bound.
+
+/// Tokens charged to `user`'s days, read as superuser.
+async fn tokens_charged(db: &TestDb, user: Uuid) -> i64 {
+    sqlx::query_scalar(
+        "select coalesce(sum(tokens), 0)::bigint from chat_private.token_days where user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&db.pool)
+    .await
+    .expect("read the day's tokens")
+}
+
+/// The `usage` of a stream's `done` event, as prompt + completion tokens.
+fn usage_total(events: &[Event]) -> i64 {
+    let done = events
+        .iter()
+        .find(|e| e.name == "done")
+        .unwrap_or_else(|| panic!("no done event: {events:?}"));
+    let count = |k: &str| done.data["usage"][k].as_i64().expect("usage counts");
+    count("prompt_tokens") + count("completion_tokens")
+}
+
+/// A conversation of `user` with `contents` as its messages (user, assistant, user, ...),
+/// written as superuser, as the Data API or an earlier release could have.
+async fn seed_conversation(db: &TestDb, user: Uuid, contents: &[String]) -> Uuid {
+    let id = Uuid::new_v4();
+    sqlx::query("insert into public.conversations (id, owner, title) values ($1, $2, 'seeded')")
+        .bind(id)
+        .bind(user)
+        .execute(&db.pool)
+        .await
+        .expect("seed conversation");
+    sqlx::query(
+        "insert into public.chat_messages (conversation_id, owner, role, content) \
+         select $1, $2, case when n % 2 = 1 then 'user' else 'assistant' end, content \
+         from unnest($3::text[]) with ordinality as m (content, n) order by n",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(contents)
+    .execute(&db.pool)
+    .await
+    .expect("seed messages");
+    id
+}
+
+/// The SQLSTATE of `sql` run as `user` through the role and claims the Data API sets (the
+/// transaction commits when it succeeds); `None` when it succeeded.
+async fn sqlstate_as_user(db: &TestDb, user: Uuid, sql: &str) -> Option<String> {
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query(
+        "select set_config('role', 'authenticated', true), \
+                set_config('request.jwt.claims', $1, true)",
+    )
+    .bind(json!({"sub": user.to_string(), "role": "authenticated"}).to_string())
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&mut *tx)
+        .await
+    {
+        Ok(_) => {
+            tx.commit().await.unwrap();
+            None
+        }
+        Err(e) => e
+            .as_database_error()
+            .and_then(|d| d.code().map(|c| c.into_owned())),
+    }
+}
+
+#[tokio::test]
+async fn chat_refuses_nul_and_control_characters_so_they_cannot_buy_free_answers() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let app = ChatApp::spawn(
+        &db.url,
+        &[("CHAT_TOKENS_PER_DAY", "10"), ("CHAT_RPM", "100")],
+    );
+    let token = token_for(user);
+
+    // The reproduction: Postgres `text` refuses NUL, so storing the turn failed every time,
+    // and the day's tokens, added in the same transaction, with it.
+    let mut answers = 0;
+    for _ in 0..4 {
+        let response = app
+            .chat(
+                &token,
+                &json!({"message": "one two three four five six\u{0}"}),
+            )
+            .await;
+        if response.status() == 200 {
+            answers += 1;
+            let _ = Events::new(response).rest().await;
+        }
+    }
+    let charged = tokens_charged(&db, user).await;
+    assert_eq!(
+        (answers, charged),
+        (0, 0),
+        "messages holding NUL: {answers} answers, {charged} tokens charged"
+    );
+
+    for bad in [
+        "nul\u{0}",
+        "bell\u{7}",
+        "escape \u{1b}[2J",
+        "delete\u{7f}",
+        "next line\u{85}",
+    ] {
+        assert_error(
+            app.chat(&token, &json!({ "message": bad })).await,
+            422,
+            "invalid_body",
+        )
+        .await;
+    }
+    // Line breaks and tabs are text.
+    let response = app
+        .chat(&token, &json!({"message": "one\ttwo\r\nthree"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = Events::new(response).rest().await;
+    assert_eq!(events.last().unwrap().name, "done", "{events:?}");
+    assert_eq!(
+        tokens_charged(&db, user).await,
+        6,
+        "3 words in and 3 out (the local model counts words)"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_holding_nul_is_stored_and_charged_all_the_same() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(&db.url, &[("LLM_BASE_URL", &base)]);
+
+    let response = app
+        .chat(
+            &token_for(user),
+            &json!({"message": "[nul] alpha beta gamma"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let events = Events::new(response).rest().await;
+    assert_eq!(
+        text_of(&events),
+        "a\u{0}lpha beta gamma ",
+        "relayed as sent"
+    );
+    let conversation: Uuid =
+        serde_json::from_value(events[0].data["conversation_id"].clone()).unwrap();
+    let rows = stored(&db, conversation).await;
+    let charged = tokens_charged(&db, user).await;
+    assert_eq!(
+        (rows.len(), charged),
+        (2, 7),
+        "a model's answer holding NUL: {} rows stored, {charged} tokens charged; events {events:?}",
+        rows.len()
+    );
+    assert_eq!(events.last().unwrap().name, "done");
+    assert_eq!(rows[1].1, "a\u{fffd}lpha beta gamma ");
+}
+
+#[tokio::test]
+async fn signing_out_mid_answer_with_session_check_on_still_charges_the_answer() {
+    let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+    let db = seeded_db(&[user]).await;
+    db.seed_session(session, user, None).await;
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("SESSION_CHECK", "on"),
+            ("CHAT_TOKENS_PER_DAY", "10"),
+            ("CHAT_LOCAL_DELAY_MS", "100"),
+            ("CHAT_RPM", "100"),
+        ],
+    );
+    let message = "one two three four five six seven eight nine ten eleven twelve";
+    let response = app
+        .chat(
+            &sign(&claims_in_session(user, session)),
+            &json!({ "message": message }),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let mut events = Events::new(response);
+    assert_eq!(events.next().await.unwrap().name, "meta");
+    assert_eq!(events.next().await.unwrap().name, "delta");
+    // Signed out while the answer streams: the turn can no longer be stored as the user.
+    db.end_session(session).await;
+    let rest = events.rest().await;
+    let charged = tokens_charged(&db, user).await;
+
+    // Signed in again: a new session, the same day.
+    let again = Uuid::new_v4();
+    db.seed_session(again, user, None).await;
+    let next = app
+        .chat(
+            &sign(&claims_in_session(user, again)),
+            &json!({"message": "more please"}),
+        )
+        .await
+        .status();
+    assert_eq!(
+        (charged, next.as_u16()),
+        (24, 429),
+        "signed out mid-answer: {charged} tokens charged (12 words in, 12 out), next request {next}; \
+         the stream ended with {:?}",
+        rest.last()
+    );
+}
+
+#[tokio::test]
+async fn concurrent_answers_reserve_their_cap_so_the_day_overshoots_by_at_most_one_answer() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let env = [
+        ("LLM_BASE_URL", base.as_str()),
+        ("CHAT_TOKENS_PER_DAY", "100"),
+        ("CHAT_MAX_OUTPUT_TOKENS", "60"),
+        ("CHAT_RPM", "100"),
+        ("CHAT_MAX_STREAMS", "50"),
+    ];
+    let (a, b) = (ChatApp::spawn(&db.url, &env), ChatApp::spawn(&db.url, &env));
+    let token = token_for(user);
+
+    // Each answer streams for 2.4 s, so all ten are admitted (or not) while the first ones
+    // still stream: only reservations can tell admission what they will cost.
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let url = [&a, &b][i % 2].url("/chat");
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let response = client()
+                .post(url)
+                .bearer_auth(token)
+                .json(&json!({"message": "[slow] a b c d e f g h i j k l m n o p"}))
+                .send()
+                .await
+                .expect("POST /chat");
+            match response.status().as_u16() {
+                200 => Some(Events::new(response).rest().await),
+                429 => None,
+                other => panic!("status {other}"),
+            }
+        }));
+    }
+    let mut answered = Vec::new();
+    for task in tasks {
+        if let Some(events) = task.await.expect("request task") {
+            answered.push(events);
+        }
+    }
+    let used: i64 = answered.iter().map(|e| usage_total(e)).sum();
+    let charged = tokens_charged(&db, user).await;
+    // A reservation is 60 + the prompt's estimate (38 bytes: 13, and 4 for the message): the
+    // first two fit under 100, the third sees 154 reserved. Settled, the day holds exactly
+    // what the answers used.
+    assert_eq!(
+        (answered.len(), charged),
+        (2, used),
+        "10 concurrent requests on two instances against 100 tokens a day: {} admitted, \
+         {charged} tokens charged, {used} used",
+        answered.len()
+    );
+    assert!(
+        charged <= 100 + 77,
+        "overshoot beyond one reservation: {charged}"
+    );
+}
+
+#[tokio::test]
+async fn the_output_cap_goes_upstream_and_prompt_and_completion_tokens_are_both_charged() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("LLM_BASE_URL", &base),
+            ("CHAT_MAX_OUTPUT_TOKENS", "7"),
+            ("CHAT_RPM", "100"),
+        ],
+    );
+    let token = token_for(user);
+
+    let words: Vec<String> = (1..=20).map(|i| format!("w{i}")).collect();
+    let events = Events::new(app.chat(&token, &json!({"message": words.join(" ")})).await)
+        .rest()
+        .await;
+    let sent_cap = fake.last_body()["max_tokens"].clone();
+    let usage = events.last().unwrap().data["usage"].clone();
+    let charged = tokens_charged(&db, user).await;
+    assert_eq!(
+        (sent_cap.clone(), charged),
+        (json!(7), 27),
+        "max_tokens sent: {sent_cap}; usage {usage}; {charged} tokens charged"
+    );
+    assert_eq!(usage, json!({"prompt_tokens": 20, "completion_tokens": 7}));
+
+    // Without the upstream's usage, both parts are estimated (about 3 bytes a token).
+    let words: Vec<String> = (1..=30).map(|i| format!("x{i}")).collect();
+    let message = format!("[nousage] {}", words.join(" "));
+    let events = Events::new(app.chat(&token, &json!({ "message": message })).await)
+        .rest()
+        .await;
+    let usage = &events.last().unwrap().data["usage"];
+    let (prompt, completion) = (
+        usage["prompt_tokens"].as_i64().unwrap(),
+        usage["completion_tokens"].as_i64().unwrap(),
+    );
+    let prompt_bytes = i64::try_from(message.len()).unwrap();
+    let answer_bytes = i64::try_from(text_of(&events).len()).unwrap();
+    assert!(
+        prompt >= prompt_bytes / 3 && completion >= answer_bytes / 3,
+        "estimated {usage} for {prompt_bytes} bytes in, {answer_bytes} out"
+    );
+    assert_eq!(tokens_charged(&db, user).await, 27 + prompt + completion);
+}
+
+#[tokio::test]
+async fn a_request_dropped_while_the_model_is_called_is_charged_its_prompt_not_its_reservation() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    // The request timeout (1 s) drops the handler while it waits for the model's headers
+    // (first-byte timeout 30 s): the reservation is settled all the same, to the prompt the
+    // model may have read.
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("LLM_BASE_URL", &base),
+            ("REQUEST_TIMEOUT_SECONDS", "1"),
+            ("CHAT_FIRST_BYTE_SECONDS", "30"),
+        ],
+    );
+    assert_error(
+        app.chat(&token_for(user), &json!({"message": "[hang] hi"}))
+            .await,
+        503,
+        "unavailable",
+    )
+    .await;
+    // "[hang] hi": 9 bytes, 3 tokens at 3 bytes a token, and 4 for the message.
+    let mut charged = -1;
+    for _ in 0..50 {
+        charged = tokens_charged(&db, user).await;
+        if charged == 7 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        charged, 7,
+        "charged for a request dropped before the answer"
+    );
+}
+
+#[tokio::test]
+async fn the_history_sent_upstream_is_capped_in_bytes_newest_first() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(
+        &db.url,
+        &[("LLM_BASE_URL", &base), ("CHAT_MAX_HISTORY_BYTES", "1000")],
+    );
+    // Ten earlier messages of 300 bytes each.
+    let contents: Vec<String> = (0..10)
+        .map(|i| format!("m{i:02} {}", "x".repeat(296)))
+        .collect();
+    let conversation = seed_conversation(&db, user, &contents).await;
+
+    let response = app
+        .chat(
+            &token_for(user),
+            &json!({"conversation_id": conversation, "message": "next"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let _ = Events::new(response).rest().await;
+    let sent = fake.last_body()["messages"].as_array().unwrap().clone();
+    let (last, earlier) = sent.split_last().unwrap();
+    assert_eq!(last["content"], "next");
+    let bytes: usize = earlier
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().len())
+        .sum();
+    let which: Vec<&str> = earlier
+        .iter()
+        .map(|m| &m["content"].as_str().unwrap()[..3])
+        .collect();
+    assert_eq!(
+        (earlier.len(), bytes, which.clone()),
+        (3, 900, vec!["m07", "m08", "m09"]),
+        "CHAT_MAX_HISTORY_BYTES=1000: {} earlier messages, {bytes} bytes sent: {which:?}",
+        earlier.len()
+    );
+}
+
+/// The first chat migration as deployed databases applied it.
+const FIRST_CHAT_MIGRATION: &str = "20261201000001_chat.sql";
+
+fn chat_migrations_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chat/migrations")
+}
+
+/// Applies only the first chat migration, with sqlx's bookkeeping where the example keeps it:
+/// the database as the release before the bounds left it.
+async fn apply_first_chat_migration(db: &TestDb) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        chat_migrations_dir().join(FIRST_CHAT_MIGRATION),
+        dir.path().join(FIRST_CHAT_MIGRATION),
+    )
+    .unwrap();
+    let mut migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    migrator.create_schema("chat_private");
+    migrator.dangerous_set_table_name("chat_private._sqlx_migrations");
+    migrator.run(&db.pool).await.expect("first chat migration");
+}
+
+#[tokio::test]
+async fn the_first_chat_migration_keeps_the_checksum_deployed_databases_recorded() {
+    let migrator = sqlx::migrate::Migrator::new(chat_migrations_dir())
+        .await
+        .unwrap();
+    let first = migrator
+        .iter()
+        .find(|m| m.version == 20261201000001)
+        .expect("the first chat migration");
+    let hex: String = first.checksum.iter().map(|b| format!("{b:02x}")).collect();
+    // sqlx refuses to migrate a database whose applied migration changed: put every change
+    // in a new migration.
+    assert_eq!(
+        hex,
+        "5db9e46e645ba5ba6c5fba11ce7dda8751401f0ae1532b4a61be0bbb41a3067bc4646d3f577a99e715a454c090f5c911"
+    );
+}
+
+#[tokio::test]
+async fn stored_messages_are_bounded_for_the_data_api_too_and_older_long_rows_are_read_cut() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    apply_first_chat_migration(&db).await;
+    // A message of a million characters, written before the bound existed.
+    let conversation = seed_conversation(&db, user, &["y".repeat(1_000_000)]).await;
+    // The example applies what is new on top, the bound included.
+    let app = ChatApp::spawn(&db.url, &[]);
+
+    let insert = |chars: usize| {
+        format!(
+            "insert into public.chat_messages (conversation_id, role, content) \
+             values ('{conversation}', 'user', repeat('z', {chars}))"
+        )
+    };
+    let refused = (
+        sqlstate_as_user(&db, user, &insert(1_000_000)).await,
+        sqlstate_as_user(&db, user, &insert(32_001)).await,
+    );
+    assert_eq!(
+        refused,
+        (Some("23514".to_owned()), Some("23514".to_owned())),
+        "as `authenticated` (the Data API), messages of 1,000,000 and 32,001 characters: \
+         None is accepted, 23514 refused by the check"
+    );
+    assert_eq!(sqlstate_as_user(&db, user, &insert(32_000)).await, None);
+
+    let page: Value = app
+        .get(&token_for(user), &format!("/conversations/{conversation}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lengths: Vec<usize> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap().chars().count())
+        .collect();
+    assert_eq!(lengths, vec![32_000, 32_000], "the old row is read cut");
+}
+
+#[tokio::test]
+async fn conversation_messages_come_in_pages_with_a_cursor_newest_first() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let app = ChatApp::spawn(&db.url, &[]);
+    let contents: Vec<String> = (0..120).map(|i| format!("m{i:03}")).collect();
+    let conversation = seed_conversation(&db, user, &contents).await;
+    let token = token_for(user);
+    let get = |query: String| {
+        let path = format!("/conversations/{conversation}{query}");
+        let app = &app;
+        let token = &token;
+        async move { app.get(token, &path).await }
+    };
+    let contents_of = |page: &Value| -> Vec<String> {
+        page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let expected = |range: std::ops::Range<usize>| -> Vec<String> { contents[range].to_vec() };
+
+    let first: Value = get(String::new()).await.json().await.unwrap();
+    assert_eq!(
+        (contents_of(&first).len(), first["next_cursor"].is_string()),
+        (50, true),
+        "a conversation of 120 messages: {} in one answer, next_cursor {}",
+        contents_of(&first).len(),
+        first["next_cursor"]
+    );
+    assert_eq!(
+        contents_of(&first),
+        expected(70..120),
+        "the newest, oldest first"
+    );
+    assert_eq!(first["id"], conversation.to_string());
+    let cursor = first["next_cursor"].as_str().unwrap();
+
+    let second: Value = get(format!("?before={cursor}")).await.json().await.unwrap();
+    assert_eq!(contents_of(&second), expected(20..70));
+    let cursor = second["next_cursor"].as_str().unwrap();
+    let third: Value = get(format!("?before={cursor}")).await.json().await.unwrap();
+    assert_eq!(contents_of(&third), expected(0..20));
+    assert_eq!(third["next_cursor"], Value::Null);
+
+    let small: Value = get("?limit=10".to_owned()).await.json().await.unwrap();
+    assert_eq!(contents_of(&small), expected(110..120));
+    for bad in ["?before=abc", "?before=-3", "?limit=0", "?limit=101"] {
+        assert_error(get(bad.to_owned()).await, 400, "invalid_request").await;
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_frees_its_stream_slot_and_the_upstream_by_chat_max_seconds() {
+    use tokio::io::AsyncWriteExt;
+
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let base = fake.base_url();
+    let app = ChatApp::spawn(
+        &db.url,
+        &[
+            ("LLM_BASE_URL", &base),
+            ("CHAT_MAX_SECONDS", "2"),
+            ("CHAT_MAX_STREAMS", "1"),
+            ("CHAT_RPM", "100"),
+            // The flood is charged what it streamed (megabytes): only the stream slot
+            // may answer 429 here.
+            ("CHAT_TOKENS_PER_DAY", "1000000000"),
+        ],
+    );
+    let token = token_for(user);
+
+    // A real client that sends its request, then never reads and keeps the socket open: a
+    // small receive buffer, so the answer piles up in the server's buffers, then in the
+    // example's, until sending the next frame waits.
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr).await.unwrap();
+    let body = json!({"message": "[flood] go"}).to_string();
+    let request = format!(
+        "POST /chat HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    assert!(
+        fake.wait_until(Duration::from_secs(10), |f| f.open_streams() == 1)
+            .await,
+        "the flood did not start"
+    );
+    let started = std::time::Instant::now();
+
+    // CHAT_MAX_SECONDS=2 bounds every send to the client: by then the model's connection is
+    // closed and the user's one stream slot is free again.
+    let closed = fake
+        .wait_until(Duration::from_secs(2 + 4), |f| f.open_streams() == 0)
+        .await;
+    let held_for = started.elapsed();
+    let mut next = 0;
+    for _ in 0..20 {
+        let response = app.chat(&token, &json!({"message": "are you there"})).await;
+        next = response.status().as_u16();
+        if next != 429 {
+            let _ = Events::new(response).rest().await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        (closed, next),
+        (true, 200),
+        "a client that stopped reading: upstream closed {closed} after {held_for:?}, \
+         the user's next stream {next}"
+    );
+    assert_eq!(fake.cut_streams(), 1);
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn migrating_over_broad_default_privileges_grants_no_truncate_trigger_or_references_on_the_chat()
+ {
+    let db = TestDb::empty().await;
+    // As in an older Supabase project: everything created in public starts with every right
+    // for `anon` and `authenticated`; and a default reaching every schema, for good measure.
+    sqlx::raw_sql(
+        "do $$ declare r text; begin \
+           foreach r in array array['anon', 'authenticated'] loop \
+             begin execute format('create role %I nologin noinherit', r); \
+             exception when duplicate_object or unique_violation then null; end; \
+           end loop; end $$; \
+         alter default privileges in schema public grant all on tables to anon, authenticated; \
+         alter default privileges in schema public grant all on sequences to anon, authenticated; \
+         alter default privileges in schema public grant all on functions to anon, authenticated; \
+         alter default privileges grant all on tables to anon, authenticated; \
+         alter default privileges grant all on functions to anon, authenticated",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("broad default privileges");
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new(example_binary("chat"))
+        .arg("migrate")
+        .env_clear()
+        .current_dir(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .env("SUPABASE_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run chat migrate");
+    assert!(status.success(), "chat migrate failed: {status}");
+
+    let table_rights: Vec<String> = sqlx::query_scalar(
+        "select r || ' ' || t || ' ' || p \
+         from unnest(array['anon', 'authenticated', 'public']) r, \
+              unnest(array['public.conversations', 'public.chat_messages', \
+                           'chat_private.request_windows', 'chat_private.token_days']) t, \
+              unnest(array['select', 'insert', 'update', 'delete', 'truncate', \
+                           'references', 'trigger']) p \
+         where has_table_privilege(r, t, p) order by 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let abusable = table_rights
+        .iter()
+        .filter(|r| r.ends_with("truncate") || r.ends_with("trigger") || r.ends_with("references"))
+        .count();
+    assert_eq!(
+        table_rights,
+        vec![
+            "authenticated public.chat_messages select",
+            "authenticated public.conversations delete",
+            "authenticated public.conversations insert",
+            "authenticated public.conversations select",
+        ],
+        "{abusable} truncate/trigger/references rights held by anon or authenticated"
+    );
+    let sequence_rights: Vec<String> = sqlx::query_scalar(
+        "select r || ' ' || p from unnest(array['anon', 'authenticated', 'public']) r, \
+              unnest(array['usage', 'select', 'update']) p \
+         where has_sequence_privilege(r, pg_get_serial_sequence('public.chat_messages', 'id'), p)",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        sequence_rights,
+        Vec::<String>::new(),
+        "setval would break every insert"
+    );
+    let callable: Vec<String> = sqlx::query_scalar(
+        "select r || ' ' || p.proname::text from pg_proc p \
+           join pg_namespace n on n.oid = p.pronamespace, \
+           unnest(array['anon', 'authenticated', 'public']) r \
+         where n.nspname = 'chat_private' and has_function_privilege(r, p.oid, 'execute') \
+         order by 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        callable,
+        vec![
+            "authenticated add_tokens",
+            "authenticated admit",
+            "authenticated admit_and_reserve",
+        ],
+        "only admission (and the previous release's, which only adds) is the user's to call"
+    );
+
+    // And the chat still works on it: inserts take the identity's next value without any
+    // right on its sequence.
+    let user = Uuid::new_v4();
+    db.seed_user(user, None).await;
+    let app = ChatApp::spawn(&db.url, &[]);
+    let events = Events::new(
+        app.chat(&token_for(user), &json!({"message": "still here"}))
+            .await,
+    )
+    .rest()
+    .await;
+    assert_eq!(events.last().unwrap().name, "done", "{events:?}");
+    let conversation: Uuid =
+        serde_json::from_value(events[0].data["conversation_id"].clone()).unwrap();
+    assert_eq!(stored(&db, conversation).await.len(), 2);
+    assert_eq!(
+        sqlstate_as_user(&db, user, "truncate public.chat_messages")
+            .await
+            .as_deref(),
+        Some("42501")
+    );
+}
+
+#[tokio::test]
+async fn llm_base_url_credentials_never_reach_the_log() {
+    let user = Uuid::new_v4();
+    let db = seeded_db(&[user]).await;
+    let fake = FakeLlm::start().await;
+    let secrets = ["us3r-name", "pa55-word", "k3y-value"];
+    let base = format!(
+        "http://us3r-name:pa55-word@{}/v1?api-version=1&key=k3y-value",
+        fake.addr
+    );
+    let app = ChatApp::spawn(&db.url, &[("LLM_BASE_URL", &base), ("RUST_LOG", "info")]);
+    let token = token_for(user);
+    // The credentials still reach the model: userinfo as Basic auth, the query as it was.
+    let events = Events::new(app.chat(&token, &json!({"message": "hi"})).await)
+        .rest()
+        .await;
+    assert_eq!(events.last().unwrap().name, "done");
+    assert_eq!(
+        fake.seen.last_query.lock().unwrap().as_deref(),
+        Some("api-version=1&key=k3y-value")
+    );
+    assert!(
+        fake.seen
+            .last_authorization
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|a| a.starts_with("Basic "))
+    );
+    // A refused answer and an unreachable model: both logged with the URL.
+    assert_error(
+        app.chat(&token, &json!({"message": "[500] hi"})).await,
+        503,
+        "unavailable",
+    )
+    .await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused_base = format!("http://us3r-name:pa55-word@{closed}/v1?key=k3y-value");
+    let refused = ChatApp::spawn(
+        &db.url,
+        &[("LLM_BASE_URL", &refused_base), ("RUST_LOG", "info")],
+    );
+    assert_error(
+        refused.chat(&token, &json!({"message": "hi"})).await,
+        503,
+        "unavailable",
+    )
+    .await;
+
+    let mut log = String::new();
+    for _ in 0..50 {
+        log = app.log() + &refused.log();
+        if log.contains("model unreachable") && log.contains("model refused the request") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leaks: usize = secrets.iter().map(|s| log.matches(s).count()).sum();
+    assert_eq!(
+        leaks, 0,
+        "credentials of LLM_BASE_URL appeared {leaks} times in the log:\n{log}"
+    );
+    assert!(log.contains("model unreachable"), "{log}");
+    assert!(
+        log.contains(&format!("{closed}")),
+        "the log still says where: {log}"
+    );
+    assert!(log.contains("***"), "{log}");
 }

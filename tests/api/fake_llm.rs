@@ -3,8 +3,11 @@
 //!
 //! | tag | answer |
 //! | --- | --- |
-//! | none | one chunk per word of the message, a usage chunk, `[DONE]` |
+//! | none | one chunk per word of the message (at most `max_tokens`), a usage chunk, `[DONE]` |
 //! | `[slow]` | the same, 150 ms before each chunk |
+//! | `[nousage]` | the same without the usage chunk (servers without `include_usage`) |
+//! | `[nul]` | the words with a NUL inside the first, which Postgres `text` cannot store |
+//! | `[flood]` | chunks of 1,000 characters without end or delay, `max_tokens` ignored |
 //! | `[long]` | 10,000 chunks, 20 ms apart (for cancelling mid-way) |
 //! | `[500]` | 500 before any chunk |
 //! | `[429]` | 429 with `Retry-After: 7` |
@@ -24,7 +27,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
@@ -46,6 +49,8 @@ pub struct Seen {
     pub last_body: Mutex<Option<Value>>,
     /// The last request's `Authorization` header.
     pub last_authorization: Mutex<Option<String>>,
+    /// The last request's query string.
+    pub last_query: Mutex<Option<String>>,
 }
 
 /// The running fake.
@@ -175,8 +180,14 @@ impl Drop for StreamGuard {
     }
 }
 
-async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn completions(
+    State(seen): State<Arc<Seen>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     seen.requests.fetch_add(1, Ordering::SeqCst);
+    *seen.last_query.lock().unwrap() = uri.query().map(str::to_owned);
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     *seen.last_authorization.lock().unwrap() = headers
         .get(header::AUTHORIZATION)
@@ -195,7 +206,16 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: By
         Some((tag, rest)) => (tag.to_owned(), rest.to_owned()),
         None => (String::new(), prompt.clone()),
     };
-    let words: Vec<String> = rest.split_whitespace().map(|w| format!("{w} ")).collect();
+    // A real model stops at `max_tokens`; here a token is a word.
+    let max_tokens = body["max_tokens"]
+        .as_u64()
+        .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let words: Vec<String> = rest
+        .split_whitespace()
+        .take(max_tokens)
+        .map(|w| format!("{w} "))
+        .collect();
+    let mut usage = true;
     let (pieces, delay, reset) = match tag.as_str() {
         "500" => {
             return (
@@ -231,6 +251,18 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: By
             false,
         ),
         "reset" => (words.into_iter().take(2).collect(), Duration::ZERO, true),
+        "nousage" => {
+            usage = false;
+            (words, Duration::ZERO, false)
+        }
+        "nul" => {
+            let mut words = words;
+            if let Some(first) = words.first_mut() {
+                first.insert(1, '\0');
+            }
+            (words, Duration::ZERO, false)
+        }
+        "flood" => (vec!["x".repeat(1000)], Duration::ZERO, false),
         _ => (words, Duration::ZERO, false),
     };
     let prompt_tokens = prompt.split_whitespace().count();
@@ -242,10 +274,25 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: By
         // it lives exactly as long as the stream.
         let mut guard = guard;
         let count = pieces.len();
+        // `[flood]` repeats its one chunk until the client goes: only the client's reading,
+        // never the end of the answer, can then free the connection.
+        let endless = tag == "flood";
+        let pieces = pieces
+            .into_iter()
+            .cycle()
+            .take(if endless { usize::MAX } else { count });
         for piece in pieces {
-            tokio::select! {
-                () = tx.closed() => return,
-                () = tokio::time::sleep(delay) => {}
+            // Without a delay, no timer either: even a zero sleep waits for the timer's next
+            // millisecond tick, which would make `[flood]` a trickle.
+            if delay.is_zero() {
+                if tx.is_closed() {
+                    return;
+                }
+            } else {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
             }
             if tx.send(Ok(chunk(&piece))).await.is_err() {
                 return;
@@ -261,7 +308,9 @@ async fn completions(State(seen): State<Arc<Seen>>, headers: HeaderMap, body: By
                 .await;
             return;
         }
-        let _ = tx.send(Ok(usage_chunk(prompt_tokens, count))).await;
+        if usage {
+            let _ = tx.send(Ok(usage_chunk(prompt_tokens, count))).await;
+        }
         if tx
             .send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
             .await
