@@ -16,9 +16,9 @@
 
 use std::process::ExitCode;
 
+use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
-use axum::Router;
 use serde::{Deserialize, Serialize};
 use supabase_jwt_service::db::{migrate, migrate_app};
 use supabase_jwt_service::{

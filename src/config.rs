@@ -14,16 +14,16 @@ mod secret;
 mod telemetry;
 mod vars;
 
-pub(crate) use auth::PROJECT_KEY_ROLES;
 pub use auth::AuthConfig;
+pub(crate) use auth::PROJECT_KEY_ROLES;
 pub use builder::ConfigBuilder;
 pub use database_url::DatabaseUrl;
 pub use db::{DbConfig, PreparedStatements};
 pub use http::HttpConfig;
 pub use secret::Secret;
 pub use telemetry::{LogFormat, TelemetryConfig};
-pub use vars::{VARIABLES, Variable};
 pub(crate) use vars::INSECURE_LOCAL_DEFAULTS_ON_NETWORK;
+pub use vars::{VARIABLES, Variable};
 
 /// The Supabase CLI local stack's published JWT secret, used only when no key is configured
 /// and the service listens on loopback. It is public knowledge and protects nothing: set as
@@ -312,7 +312,10 @@ mod tests {
     fn local_stack_keys_only_on_a_loopback_listener() {
         type Mutation = fn(ConfigBuilder) -> ConfigBuilder;
         let refused: Vec<(Mutation, &str)> = vec![
-            (|b| b.var("HOST", "0.0.0.0"), "HOST=0.0.0.0, DATABASE_URL unset"),
+            (
+                |b| b.var("HOST", "0.0.0.0"),
+                "HOST=0.0.0.0, DATABASE_URL unset",
+            ),
             (|b| b.var("HOST", "::"), "HOST=::"),
             (|b| b.var("HOST", "192.0.2.10"), "HOST=192.0.2.10"),
             (
@@ -347,8 +350,14 @@ mod tests {
             |b| b.var("HOST", "127.0.0.1"),
             |b| b.var("HOST", "::1"),
             |b| b.var("HOST", "::ffff:127.0.0.1"),
-            |b| b.database_url("sqlite://./data/app.db").var("HOST", "127.0.0.1"),
-            |b| b.var("HOST", "0.0.0.0").insecure_local_defaults_on_network(true),
+            |b| {
+                b.database_url("sqlite://./data/app.db")
+                    .var("HOST", "127.0.0.1")
+            },
+            |b| {
+                b.var("HOST", "0.0.0.0")
+                    .insecure_local_defaults_on_network(true)
+            },
         ];
         for mutate in allowed {
             let c = mutate(Config::builder()).build().unwrap();
@@ -403,7 +412,11 @@ mod tests {
     #[cfg(not(feature = "sqlite"))]
     #[test]
     fn without_the_embedded_store_a_database_url_is_required() {
-        for url in [None, Some("sqlite://./data/dev.db"), Some("sqlite::memory:")] {
+        for url in [
+            None,
+            Some("sqlite://./data/dev.db"),
+            Some("sqlite::memory:"),
+        ] {
             let b = Config::builder().jwt_secret(&"x".repeat(40));
             let b = match url {
                 Some(url) => b.database_url(url),
@@ -436,13 +449,19 @@ mod tests {
     #[test]
     fn issuer_derives_from_supabase_url_and_can_be_overridden() {
         let c = built(|b| b.supabase_url("https://abcd.supabase.co/")).unwrap();
-        assert_eq!(c.auth.issuer.as_deref(), Some("https://abcd.supabase.co/auth/v1"));
+        assert_eq!(
+            c.auth.issuer.as_deref(),
+            Some("https://abcd.supabase.co/auth/v1")
+        );
         let c = built(|b| {
             b.supabase_url("https://abcd.supabase.co/")
                 .issuer("https://other.example/auth/v1")
         })
         .unwrap();
-        assert_eq!(c.auth.issuer.as_deref(), Some("https://other.example/auth/v1"));
+        assert_eq!(
+            c.auth.issuer.as_deref(),
+            Some("https://other.example/auth/v1")
+        );
     }
 
     #[test]
@@ -468,7 +487,11 @@ mod tests {
             ("SUPABASE_JWT_SECRET", "short"),
         ];
         for (var, value) in cases {
-            assert_eq!(built(|b| b.var(var, value)).unwrap_err().var, var, "{var}={value}");
+            assert_eq!(
+                built(|b| b.var(var, value)).unwrap_err().var,
+                var,
+                "{var}={value}"
+            );
         }
         let err = built(|b| b.var("METRICS_ADDR", "0.0.0.0:8080")).unwrap_err();
         assert_eq!(err.var, "METRICS_ADDR");
@@ -482,11 +505,19 @@ mod tests {
             "DB_TIMEOUT_SECONDS"
         );
         assert_eq!(
-            built(|b| b.leeway(Duration::from_millis(1500))).unwrap_err().var,
+            built(|b| b.leeway(Duration::from_millis(1500)))
+                .unwrap_err()
+                .var,
             "JWT_LEEWAY_SECONDS"
         );
-        assert_eq!(built(|b| b.allowed_roles(["anon"])).unwrap_err().var, "JWT_ALLOWED_ROLES");
-        assert_eq!(built(|b| b.db_max_connections(0)).unwrap_err().var, "DB_MAX_CONNECTIONS");
+        assert_eq!(
+            built(|b| b.allowed_roles(["anon"])).unwrap_err().var,
+            "JWT_ALLOWED_ROLES"
+        );
+        assert_eq!(
+            built(|b| b.db_max_connections(0)).unwrap_err().var,
+            "DB_MAX_CONNECTIONS"
+        );
     }
 
     #[test]
@@ -503,9 +534,15 @@ mod tests {
         assert_eq!(c.auth.allowed_roles, ["authenticated"]);
         assert!(c.auth.allowed_client_ids.is_empty());
         assert_eq!(c.auth.leeway, Duration::from_secs(30));
-        assert_eq!((c.db.timeout, c.db.max_connections), (Duration::from_secs(3), 10));
+        assert_eq!(
+            (c.db.timeout, c.db.max_connections),
+            (Duration::from_secs(3), 10)
+        );
         assert_eq!(c.db.direct_url, c.db.url);
-        assert_eq!(c.telemetry.metrics_addr, Some("127.0.0.1:9091".parse().unwrap()));
+        assert_eq!(
+            c.telemetry.metrics_addr,
+            Some("127.0.0.1:9091".parse().unwrap())
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! statement sees; the server bounds each statement, lock wait and idle spell; and with
 //! `SESSION_CHECK=on` an ended session is refused. One module builds that
 //! (`db/caller.rs`), for the built-in read and write, the [`Tx`](crate::Tx) extractor,
-//! [`UserTx`] and `ValidUser<P>` profiles alike.
+//! [`DbTx`] and `ValidUser<P>` profiles alike.
 //!
 //! **The embedded SQLite store has no row-level security.** A transaction there is a plain
 //! SQLite one: filter every query by the caller's id yourself.
@@ -28,7 +28,7 @@ mod tx;
 
 pub use error::DbError;
 pub use migrate::{migrate, migrate_app};
-pub use tx::{Backend, UserTx};
+pub use tx::{Backend, DbTx};
 
 pub(crate) use caller::Caller;
 pub(crate) use error::timed;
@@ -133,33 +133,49 @@ impl Db {
     }
 
     /// Begins a transaction acting as `claims`' user on Postgres, exactly as the
-    /// [`Tx`](crate::Tx) extractor does (one round trip; see the [module docs](self)). End it
-    /// with [`UserTx::commit`] or [`UserTx::rollback`]. On the embedded store it is
-    /// [`DbError::WrongStore`]: use [`begin_sqlite_as`](Self::begin_sqlite_as) there.
-    pub async fn begin_as(&self, claims: &Claims) -> Result<UserTx, DbError> {
-        let open = self.open::<sqlx::Postgres>(claims, true).await?;
-        Ok(UserTx::new(open, self.timeout()))
+    /// [`Tx`](crate::Tx) extractor does (one round trip; see the [module docs](self)), for work
+    /// outside a request's handler. End it with [`DbTx::commit`] or [`DbTx::rollback`]. On
+    /// the embedded store it is [`DbError::WrongStore`]: see [`begin_sqlite`](Self::begin_sqlite).
+    pub async fn begin_as(&self, claims: &Claims) -> Result<DbTx, DbError> {
+        let open = self.open::<sqlx::Postgres>(Some(claims), true).await?;
+        Ok(DbTx::new(open, self.timeout()))
     }
 
-    /// [`begin_as`](Self::begin_as) for the embedded store: a plain SQLite transaction
-    /// (`BEGIN IMMEDIATE`), with no row-level security.
+    /// Begins a transaction as the service itself on Postgres: the database user of
+    /// `DATABASE_URL`, with no role switch and no caller's claims (`auth.uid()` is null), and
+    /// the same server-side bounds as a caller's. For work that belongs to no caller, such as
+    /// settling what a request used after its caller signed out. Row-level security applies
+    /// as it does to that database user (on Supabase, `postgres` bypasses it): grant it only
+    /// what such work needs, and never run a request's queries here.
+    pub async fn begin_as_service(&self) -> Result<DbTx, DbError> {
+        let open = self.open::<sqlx::Postgres>(None, true).await?;
+        Ok(DbTx::new(open, self.timeout()))
+    }
+
+    /// A transaction on the embedded store (`BEGIN IMMEDIATE`): SQLite has no roles and no
+    /// row-level security, so there is no caller to become; filter every query by the
+    /// caller's id yourself.
     #[cfg(feature = "sqlite")]
-    pub async fn begin_sqlite_as(&self, claims: &Claims) -> Result<UserTx<sqlx::Sqlite>, DbError> {
-        let open = self.open::<sqlx::Sqlite>(claims, true).await?;
-        Ok(UserTx::new(open, self.timeout()))
+    pub async fn begin_sqlite(&self) -> Result<DbTx<sqlx::Sqlite>, DbError> {
+        let open = self.open::<sqlx::Sqlite>(None, true).await?;
+        Ok(DbTx::new(open, self.timeout()))
     }
 
-    /// Opens a caller's transaction on store `DB`, recording a failure. On SQLite it begins
-    /// deferred unless `for_writes`, so a read never waits for a writer's lock.
+    /// Opens a transaction on store `DB` as `claims`' user (the service itself for `None`),
+    /// recording a failure. On SQLite it begins deferred unless `for_writes`, so a read never
+    /// waits for a writer's lock.
     pub(crate) async fn open<DB: Backend>(
         &self,
-        claims: &Claims,
+        claims: Option<&Claims>,
         for_writes: bool,
     ) -> Result<OpenTx, DbError> {
         let started = Instant::now();
         let opened = match &self.store {
             Store::Postgres(pg) if DB::STORE == "postgres" => {
-                let caller = Caller::new(claims, pg.rules());
+                let caller = match claims {
+                    Some(claims) => Caller::new(claims, pg.rules()),
+                    None => Ok(Caller::service(pg.rules())),
+                };
                 match caller {
                     Ok(caller) => pg.begin(&caller).await.map(OpenTx::Postgres),
                     Err(e) => Err(e),

@@ -364,18 +364,30 @@ mod tests {
         );
         assert_eq!(e.retry_after(), None);
         let e = ApiError::not_found(format!("no note {}", 7));
-        assert_eq!((e.status(), e.code(), e.message()), (StatusCode::NOT_FOUND, "not_found", "no note 7"));
+        assert_eq!(
+            (e.status(), e.code(), e.message()),
+            (StatusCode::NOT_FOUND, "not_found", "no note 7")
+        );
     }
 
     #[test]
     fn an_unknown_kid_is_401_and_only_an_unreachable_key_set_503() {
-        assert_eq!(ApiError::from(AuthError::UnknownKid), ApiError::InvalidToken);
-        assert_eq!(ApiError::from(AuthError::KeySetUnavailable), ApiError::Unavailable);
+        assert_eq!(
+            ApiError::from(AuthError::UnknownKid),
+            ApiError::InvalidToken
+        );
+        assert_eq!(
+            ApiError::from(AuthError::KeySetUnavailable),
+            ApiError::Unavailable
+        );
     }
 
     #[test]
     fn database_errors_answer_their_rows_even_through_sqlx() {
-        assert_eq!(ApiError::from(DbError::SessionEnded), ApiError::InvalidToken);
+        assert_eq!(
+            ApiError::from(DbError::SessionEnded),
+            ApiError::InvalidToken
+        );
         let wrapped = DbError::SessionEnded.into_sqlx();
         assert_eq!(ApiError::from(wrapped), ApiError::InvalidToken);
         let outage = DbError::unavailable(sqlx::Error::PoolTimedOut).into_sqlx();

@@ -44,56 +44,57 @@ pub(crate) fn finish(routes: Router<AppState>, state: AppState) -> Router {
     let body_read_timeout = config.body_read_timeout;
     let db = state.db().clone();
     // Outermost first. Everything runs after routing, so spans and metrics see the matched path.
-    let middleware = ServiceBuilder::new()
-        // Marks Authorization and cookies as sensitive so no layer below can log their values.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            header::AUTHORIZATION,
-            header::COOKIE,
-        ]))
-        .layer(middleware::from_fn(no_store_when_authorized))
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(make_span)
-                .on_request(())
-                .on_response(log_response)
-                // Our completion line already carries every status; a second, ERROR-level
-                // line for each 503 would bury real errors during a database outage.
-                .on_failure(()),
-        )
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(middleware::from_fn(record_metrics))
-        .option_layer(
-            config
-                .server_timing
-                .then(|| middleware::from_fn(add_server_timing)),
-        )
-        // Outside the timeout, panic and handler layers: error answers carry CORS headers too,
-        // so a browser can read a 401 instead of reporting a network error.
-        .option_layer(cors_layer(&config))
-        .layer(middleware::from_fn::<_, (Request,)>(
-            move |req: Request, next: Next| bound_request(request_timeout, req, next),
-        ))
-        // Any error answer that is not ours yet (a plain-text rejection of an axum extractor
-        // in your handler) becomes the contract's JSON shape.
-        .layer(middleware::from_fn(plain_errors::as_json))
-        // Outside the panic layer, so a panic's 500 rolls the handler's transaction back.
-        .layer(middleware::from_fn::<_, (Request,)>(
-            move |req: Request, next: Next| settle_transaction(db.clone(), req, next),
-        ))
-        .layer(CatchPanicLayer::custom(
-            |_panic: Box<dyn std::any::Any + Send>| {
-                tracing::error!("handler panicked");
-                ApiError::Internal.into_response()
-            },
-        ))
-        .layer(middleware::from_fn(refuse_oversized_body))
-        .layer(middleware::map_request::<_, (Request,)>(
-            move |req: Request| async move {
-                req.map(|body| deadline_body(body, body_read_timeout))
-            },
-        ))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    let middleware =
+        ServiceBuilder::new()
+            // Marks Authorization and cookies as sensitive so no layer below can log their values.
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::COOKIE,
+            ]))
+            .layer(middleware::from_fn(no_store_when_authorized))
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(make_span)
+                    .on_request(())
+                    .on_response(log_response)
+                    // Our completion line already carries every status; a second, ERROR-level
+                    // line for each 503 would bury real errors during a database outage.
+                    .on_failure(()),
+            )
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(middleware::from_fn(record_metrics))
+            .option_layer(
+                config
+                    .server_timing
+                    .then(|| middleware::from_fn(add_server_timing)),
+            )
+            // Outside the timeout, panic and handler layers: error answers carry CORS headers too,
+            // so a browser can read a 401 instead of reporting a network error.
+            .option_layer(cors_layer(&config))
+            .layer(middleware::from_fn::<_, (Request,)>(
+                move |req: Request, next: Next| bound_request(request_timeout, req, next),
+            ))
+            // Any error answer that is not ours yet (a plain-text rejection of an axum extractor
+            // in your handler) becomes the contract's JSON shape.
+            .layer(middleware::from_fn(plain_errors::as_json))
+            // Outside the panic layer, so a panic's 500 rolls the handler's transaction back.
+            .layer(middleware::from_fn::<_, (Request,)>(
+                move |req: Request, next: Next| settle_transaction(db.clone(), req, next),
+            ))
+            .layer(CatchPanicLayer::custom(
+                |_panic: Box<dyn std::any::Any + Send>| {
+                    tracing::error!("handler panicked");
+                    ApiError::Internal.into_response()
+                },
+            ))
+            .layer(middleware::from_fn(refuse_oversized_body))
+            .layer(middleware::map_request::<_, (Request,)>(
+                move |req: Request| async move {
+                    req.map(|body| deadline_body(body, body_read_timeout))
+                },
+            ))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     routes
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })

@@ -27,7 +27,7 @@ pub mod testing;
 pub use app::App;
 pub use auth::{Claims, UserId};
 pub use config::{Config, ConfigError};
-pub use db::{Db, DbError, UserTx};
+pub use db::{Db, DbError, DbTx};
 pub use error::ApiError;
 pub use extract::{Json, Path, Query, Tx, ValidUser};
 pub use mint::AccessToken;

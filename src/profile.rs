@@ -85,7 +85,7 @@ pub trait Profile: ProfileRow + Send + Unpin + 'static {
 async fn load_with_select<P: Profile>(claims: &Claims, db: &Db) -> Result<Option<P>, ApiError> {
     let timeout = db.timeout();
     let mut open = if db.is_postgres() {
-        db.open::<sqlx::Postgres>(claims, false).await?
+        db.open::<sqlx::Postgres>(Some(claims), false).await?
     } else {
         open_embedded(db, claims).await?
     };
@@ -118,12 +118,12 @@ async fn load_with_select<P: Profile>(claims: &Claims, db: &Db) -> Result<Option
 
 #[cfg(feature = "sqlite")]
 async fn open_embedded(db: &Db, claims: &Claims) -> Result<crate::db::OpenTx, ApiError> {
-    Ok(db.open::<sqlx::Sqlite>(claims, false).await?)
+    Ok(db.open::<sqlx::Sqlite>(Some(claims), false).await?)
 }
 
 #[cfg(not(feature = "sqlite"))]
 async fn open_embedded(db: &Db, claims: &Claims) -> Result<crate::db::OpenTx, ApiError> {
-    Ok(db.open::<sqlx::Postgres>(claims, false).await?)
+    Ok(db.open::<sqlx::Postgres>(Some(claims), false).await?)
 }
 
 /// The built-in read: the caller's `public.users` row.

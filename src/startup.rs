@@ -26,7 +26,9 @@ pub enum StartError {
     #[error("listen: {0}")]
     Io(#[from] std::io::Error),
     /// The process-wide metrics recorder is someone else's (set `METRICS_ADDR=off`).
-    #[error("metrics: another metrics recorder is already installed in this process; set METRICS_ADDR=off to keep it")]
+    #[error(
+        "metrics: another metrics recorder is already installed in this process; set METRICS_ADDR=off to keep it"
+    )]
     Metrics,
 }
 

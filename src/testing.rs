@@ -131,7 +131,11 @@ pub async fn state_on(pool: &sqlx::PgPool, config: ConfigBuilder) -> Result<AppS
         .build()?;
     let db = Db::with_pg_options((*pool.connect_options()).clone(), &config.db)?;
     let verifier = Verifier::from_config(&config.auth)?;
-    Ok(AppState::from_parts(config, std::sync::Arc::new(verifier), db))
+    Ok(AppState::from_parts(
+        config,
+        std::sync::Arc::new(verifier),
+        db,
+    ))
 }
 
 /// The demo profile's id: the embedded store starts with this user (full name `Demo User`),

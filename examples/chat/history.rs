@@ -3,8 +3,10 @@
 //! SQLite (no RLS) each statement filters by the verified user id.
 
 use serde::Serialize;
-use sqlx::{PgConnection, Row, SqliteConnection};
-use supabase_jwt_service::Conn;
+use sqlx::{Row, Sqlite};
+use supabase_jwt_service::DbTx;
+
+use crate::db::Conn;
 use uuid::Uuid;
 
 use crate::upstream::Message;
@@ -93,7 +95,7 @@ pub async fn list(conn: Conn<'_>, user: Uuid) -> Result<Vec<ConversationSummary>
 }
 
 async fn sqlite_list(
-    conn: &mut SqliteConnection,
+    conn: &mut DbTx<Sqlite>,
     user: Uuid,
 ) -> Result<Vec<ConversationSummary>, sqlx::Error> {
     sqlx::query(
@@ -172,7 +174,7 @@ pub async fn earlier(
     }
 }
 
-async fn pg_owns(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+async fn pg_owns(conn: &mut DbTx, id: Uuid) -> Result<bool, sqlx::Error> {
     // No owner filter: RLS shows the caller's conversations only.
     let exists: Option<i32> =
         sqlx::query_scalar("select 1 from public.conversations where id = $1")
@@ -183,11 +185,7 @@ async fn pg_owns(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error>
     Ok(exists.is_some())
 }
 
-async fn sqlite_owns(
-    conn: &mut SqliteConnection,
-    user: Uuid,
-    id: Uuid,
-) -> Result<bool, sqlx::Error> {
+async fn sqlite_owns(conn: &mut DbTx<Sqlite>, user: Uuid, id: Uuid) -> Result<bool, sqlx::Error> {
     let exists: Option<i64> =
         sqlx::query_scalar("select 1 from conversations where id = ?1 and owner = ?2")
             .bind(id.to_string())
@@ -201,7 +199,7 @@ async fn sqlite_owns(
 /// rows under the cap are the newest ones, without a gap. `octet_length` reads a stored
 /// value's size without loading it, and a row over the cap is never loaded.
 async fn pg_earlier(
-    conn: &mut PgConnection,
+    conn: &mut DbTx,
     id: Uuid,
     max_bytes: i64,
 ) -> Result<Option<Vec<Message>>, sqlx::Error> {
@@ -230,7 +228,7 @@ async fn pg_earlier(
 }
 
 async fn sqlite_earlier(
-    conn: &mut SqliteConnection,
+    conn: &mut DbTx<Sqlite>,
     user: Uuid,
     id: Uuid,
     max_bytes: i64,
@@ -263,7 +261,7 @@ async fn sqlite_earlier(
 /// than [`MAX_STORED_CHARS`]: only that much of them is read (`substr` fetches a slice of a
 /// large value, not all of it).
 async fn pg_page(
-    conn: &mut PgConnection,
+    conn: &mut DbTx,
     id: Uuid,
     before: Option<i64>,
     limit: i64,
@@ -301,7 +299,7 @@ async fn pg_page(
 }
 
 async fn sqlite_page(
-    conn: &mut SqliteConnection,
+    conn: &mut DbTx<Sqlite>,
     user: Uuid,
     id: Uuid,
     before: Option<i64>,

@@ -16,117 +16,106 @@ mod quota;
 mod routes;
 mod upstream;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use supabase_jwt_service::config::{Config, RawConfig};
-use supabase_jwt_service::{
-    App, build_state, log_startup, serve, shutdown_signal, spawn_metrics_listener, telemetry,
-};
+use supabase_jwt_service::{App, AppState, Config, StartError, serve, shutdown_signal, telemetry};
 
 use crate::local::LocalModel;
 use crate::quota::{Limits, Streams};
 use crate::routes::ChatState;
 use crate::upstream::{ApiKey, Model, Upstream};
 
-/// The chat example: the service's settings plus the model's and the quota's. No `Debug`:
-/// it holds the upstream's API key as text.
-#[derive(Parser)]
-#[command(name = "chat", about, long_about = None)]
-struct Cli {
-    /// `migrate`: apply the service's and the chat's migrations and exit (fly.toml's
-    /// release_command); without it, serve (the chat's own migrations are applied at start).
-    #[command(subcommand)]
-    command: Option<ChatCommand>,
-    #[command(flatten)]
-    config: RawConfig,
-    #[command(flatten)]
-    chat: ChatArgs,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum ChatCommand {
-    /// Apply the service's migrations and the chat's to DIRECT_DATABASE_URL (or DATABASE_URL), then exit.
-    Migrate,
-}
-
-#[derive(clap::Args)]
+/// The chat's own settings, from the environment (the service's are read by
+/// `Config::from_env`). No `Debug`: it holds the upstream's API key as text.
 struct ChatArgs {
-    /// OpenAI-compatible API base, e.g. https://api.openai.com/v1 or http://127.0.0.1:11434/v1 [default: the built-in local model]
-    #[arg(long, env = "LLM_BASE_URL", hide_env_values = true)]
+    /// `LLM_BASE_URL`: an OpenAI-compatible API base; unset: the built-in local model.
     llm_base_url: Option<String>,
-    /// The upstream's API key (sent as a Bearer token, never logged)
-    #[arg(long, env = "LLM_API_KEY", hide_env_values = true)]
+    /// `LLM_API_KEY`: sent as a Bearer token, never logged.
     llm_api_key: Option<String>,
-    /// Model name sent upstream
-    #[arg(
-        long,
-        env = "LLM_MODEL",
-        default_value = "gpt-4o-mini",
-        hide_env_values = true
-    )]
+    /// `LLM_MODEL`: the model name sent upstream.
     llm_model: String,
-    /// Longest an answer may stream, in seconds
-    #[arg(
-        long,
-        env = "CHAT_MAX_SECONDS",
-        default_value_t = 120,
-        hide_env_values = true
-    )]
+    /// `CHAT_MAX_SECONDS`: longest an answer may stream.
     chat_max_seconds: u64,
-    /// Longest wait for the upstream's response headers, in seconds
-    #[arg(
-        long,
-        env = "CHAT_FIRST_BYTE_SECONDS",
-        default_value_t = 30,
-        hide_env_values = true
-    )]
+    /// `CHAT_FIRST_BYTE_SECONDS`: longest wait for the upstream's response headers.
     chat_first_byte_seconds: u64,
-    /// Requests per minute per signed-in user
-    #[arg(long, env = "CHAT_RPM", default_value_t = 10, hide_env_values = true)]
+    /// `CHAT_RPM`: requests per minute per signed-in user.
     chat_rpm: u32,
-    /// Requests per minute per anonymous user; 0 refuses them
-    #[arg(
-        long,
-        env = "CHAT_ANON_RPM",
-        default_value_t = 2,
-        hide_env_values = true
-    )]
+    /// `CHAT_ANON_RPM`: requests per minute per anonymous user; 0 refuses them.
     chat_anon_rpm: u32,
-    /// Tokens (prompt and completion) per user and UTC day
-    #[arg(
-        long,
-        env = "CHAT_TOKENS_PER_DAY",
-        default_value_t = 20_000,
-        hide_env_values = true
-    )]
+    /// `CHAT_TOKENS_PER_DAY`: tokens (prompt and completion) per user and UTC day.
     chat_tokens_per_day: u64,
-    /// Answers one user may stream at once (per instance)
-    #[arg(long, env = "CHAT_MAX_STREAMS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
+    /// `CHAT_MAX_STREAMS`: answers one user may stream at once (per instance).
     chat_max_streams: u32,
-    /// Longest answer, in tokens: sent upstream as `max_tokens`, and reserved from the day's
-    /// tokens at admission
-    #[arg(long, env = "CHAT_MAX_OUTPUT_TOKENS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..), hide_env_values = true)]
+    /// `CHAT_MAX_OUTPUT_TOKENS`: longest answer in tokens, sent upstream as `max_tokens` and
+    /// reserved from the day's tokens at admission.
     chat_max_output_tokens: u32,
-    /// Earlier messages of the conversation sent upstream with a new one, in bytes of their
-    /// text, newest first
-    #[arg(
-        long,
-        env = "CHAT_MAX_HISTORY_BYTES",
-        default_value_t = 16_384,
-        hide_env_values = true
-    )]
+    /// `CHAT_MAX_HISTORY_BYTES`: earlier messages sent upstream with a new one, in bytes of
+    /// their text, newest first.
     chat_max_history_bytes: u32,
-    /// The local model's delay before each word, in milliseconds
-    #[arg(
-        long,
-        env = "CHAT_LOCAL_DELAY_MS",
-        default_value_t = 60,
-        hide_env_values = true
-    )]
+    /// `CHAT_LOCAL_DELAY_MS`: the local model's delay before each word.
     chat_local_delay_ms: u64,
+}
+
+/// `--help`: the chat's variables; the service's are in the README.
+const HELP: &str = "chat: an AI chat endpoint next to Supabase (docs/chat.md)
+
+usage: chat [migrate]
+
+  (no argument)  apply the chat's migrations, then serve
+  migrate        apply the service's and the chat's migrations and exit
+
+Settings come from the environment (and .env): every variable of the service (README),
+plus LLM_BASE_URL, LLM_API_KEY, LLM_MODEL (gpt-4o-mini), CHAT_MAX_SECONDS (120),
+CHAT_FIRST_BYTE_SECONDS (30), CHAT_RPM (10), CHAT_ANON_RPM (2), CHAT_TOKENS_PER_DAY (20000),
+CHAT_MAX_STREAMS (2), CHAT_MAX_OUTPUT_TOKENS (1024), CHAT_MAX_HISTORY_BYTES (16384),
+CHAT_LOCAL_DELAY_MS (60).";
+
+/// A chat setting that is wrong: the variable and what is wrong with it (never its value,
+/// which for `LLM_API_KEY` is a secret).
+struct SettingError(&'static str, String);
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name)
+        .ok()
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// A whole number from `min` to `max`, or `default` when unset.
+fn number<T>(name: &'static str, default: T, min: T, max: T) -> Result<T, SettingError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    match var(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<T>()
+            .ok()
+            .filter(|v| *v >= min && *v <= max)
+            .ok_or_else(|| {
+                SettingError(name, format!("must be a whole number from {min} to {max}"))
+            }),
+    }
+}
+
+impl ChatArgs {
+    fn from_env() -> Result<Self, SettingError> {
+        Ok(Self {
+            llm_base_url: var("LLM_BASE_URL"),
+            llm_api_key: var("LLM_API_KEY"),
+            llm_model: var("LLM_MODEL").unwrap_or_else(|| "gpt-4o-mini".to_owned()),
+            chat_max_seconds: number("CHAT_MAX_SECONDS", 120, 1, 3600)?,
+            chat_first_byte_seconds: number("CHAT_FIRST_BYTE_SECONDS", 30, 1, 600)?,
+            chat_rpm: number("CHAT_RPM", 10, 0, 100_000)?,
+            chat_anon_rpm: number("CHAT_ANON_RPM", 2, 0, 100_000)?,
+            chat_tokens_per_day: number("CHAT_TOKENS_PER_DAY", 20_000, 0, u64::from(u32::MAX))?,
+            chat_max_streams: number("CHAT_MAX_STREAMS", 2, 1, 1000)?,
+            chat_max_output_tokens: number("CHAT_MAX_OUTPUT_TOKENS", 1024, 1, 1_000_000)?,
+            chat_max_history_bytes: number("CHAT_MAX_HISTORY_BYTES", 16_384, 0, 16 * 1024 * 1024)?,
+            chat_local_delay_ms: number("CHAT_LOCAL_DELAY_MS", 60, 0, 60_000)?,
+        })
+    }
 }
 
 /// Connecting to the upstream: a refused or black-holed address answers fast.
@@ -135,24 +124,39 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
-    let cli = Cli::parse();
-    let config = match Config::from_raw(&cli.config, std::io::stderr().is_terminal()) {
+    let command = std::env::args().nth(1);
+    if matches!(command.as_deref(), Some("--help" | "-h")) {
+        println!("{HELP}");
+        return ExitCode::SUCCESS;
+    }
+    if command.as_deref().is_some_and(|c| c != "migrate") {
+        eprintln!("chat: unknown command (see --help)");
+        return ExitCode::from(2);
+    }
+    let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("chat: {e}");
             return ExitCode::from(2);
         }
     };
-    telemetry::init(config.log_format, std::io::stderr);
-    let result = match cli.command {
-        Some(ChatCommand::Migrate) => migrate_all(&config).await,
-        None => run(config, cli.chat).await,
+    let args = match ChatArgs::from_env() {
+        Ok(args) => args,
+        Err(SettingError(var, problem)) => {
+            eprintln!("chat: {var}: {problem}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.telemetry.log_format, std::io::stderr);
+    let result = match command.as_deref() {
+        Some(_) => migrate_all(&config).await,
+        None => run(config, args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat: {e}");
-            ExitCode::from(1)
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }
 }
@@ -180,24 +184,24 @@ fn max_answer(args: &ChatArgs) -> Duration {
 
 /// The service's schema first (the chat's tables reference `auth.users` and use `auth.uid()`,
 /// which its migrations provide on a bare Postgres), then the chat's.
-async fn migrate_all(config: &Config) -> Result<(), String> {
-    supabase_jwt_service::migrate(config)
-        .await
-        .map_err(|e| e.to_string())?;
-    db::migrate(config, None).await?;
+async fn migrate_all(config: &Config) -> Result<(), StartError> {
+    supabase_jwt_service::db::migrate(&config.db).await?;
+    db::migrate(config).await?;
     tracing::info!("chat migrations applied");
     Ok(())
 }
 
-async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
-    let model = model(&args)?;
-    let state = build_state(config).await.map_err(|e| e.to_string())?;
-    let config = state.config.clone();
-    // The chat's tables, on the app's own database: the same pool serves every route.
-    db::migrate(&config, Some(&state.db().map_err(|e| e.to_string())?)).await?;
-    spawn_metrics_listener(&state)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn run(config: Config, args: ChatArgs) -> Result<(), StartError> {
+    let model = match model(&args) {
+        Ok(model) => model,
+        Err(problem) => {
+            return Err(supabase_jwt_service::ConfigError::new("LLM_BASE_URL", problem).into());
+        }
+    };
+    // The chat's tables before anything serves.
+    db::migrate(&config).await?;
+    let listen = config.http.listen;
+    let state = AppState::build(config).await?;
     let limits = Limits {
         requests_per_minute: args.chat_rpm,
         anonymous_requests_per_minute: args.chat_anon_rpm,
@@ -226,14 +230,8 @@ async fn run(config: Config, args: ChatArgs) -> Result<(), String> {
         .with_profile_routes()
         .merge(routes::routes(chat));
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("listen on {}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    log_startup(&config, addr);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     // Tests and scripts read the bound address (PORT=0) from this line.
-    println!("chat listening on http://{addr}");
-    serve(listener, app, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())
+    println!("chat listening on http://{}", listener.local_addr()?);
+    serve(listener, app, shutdown_signal()).await
 }

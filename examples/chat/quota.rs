@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::{AssertSqlSafe, PgConnection, SqliteConnection};
-use supabase_jwt_service::{ApiError, Claims, Conn, Db};
+use sqlx::Sqlite;
+use supabase_jwt_service::{ApiError, Claims, Db, DbTx};
 use uuid::Uuid;
 
-use crate::db::{bounded, unavailable};
+use crate::db::{ChatTx, Conn, bounded, unavailable};
 
 /// Anonymous users refused outright (`CHAT_ANON_RPM=0`).
 pub const ANONYMOUS_REFUSED: ApiError = ApiError::custom(
@@ -86,7 +86,7 @@ pub async fn admit(
 /// `chat_private.admit_and_reserve` acts on `auth.uid()` (see the migration): 0 or the
 /// seconds to wait, and the day it charged.
 async fn admit_pg(
-    conn: &mut PgConnection,
+    conn: &mut DbTx,
     rpm: u32,
     tokens_per_day: u64,
     reserve: u64,
@@ -106,7 +106,7 @@ async fn admit_pg(
 /// The same steps on SQLite, where the caller's transaction already holds the write lock
 /// (`BEGIN IMMEDIATE`), so they cannot interleave with another admission.
 async fn admit_sqlite(
-    conn: &mut SqliteConnection,
+    conn: &mut DbTx<Sqlite>,
     user: Uuid,
     rpm: u32,
     tokens_per_day: u64,
@@ -158,64 +158,49 @@ async fn admit_sqlite(
     Ok((0, day))
 }
 
-/// Settles a reservation to what the answer really cost, in a step of its own: on Postgres as
-/// the app's own database user, outside any caller's transaction, so neither a failed history
-/// write nor a session ended mid-answer (`SESSION_CHECK=on`) can skip it. `limit` bounds the
-/// statement on the server (`DB_TIMEOUT_SECONDS`); the caller bounds the whole step.
+/// Settles a reservation to what the answer really cost, in a step of its own: as the service
+/// itself ([`Db::begin_as_service`]), outside any caller's transaction, so neither a failed
+/// history write nor a session ended mid-answer (`SESSION_CHECK=on`) can skip it, and no
+/// caller can call it (`chat_private.settle` is granted to no API role). The caller bounds the
+/// whole step.
 pub async fn settle(
     db: &Db,
     user: Uuid,
     reservation: &Reservation,
     used: u64,
-    limit: Duration,
 ) -> Result<(), ApiError> {
     let reserved = i64::try_from(reservation.tokens).unwrap_or(i64::MAX);
     let used = i64::try_from(used).unwrap_or(i64::MAX);
-    match db {
-        Db::Postgres(pg) => {
-            let mut lease = pg.acquire().await.map_err(unavailable)?;
-            // Until the commit succeeds the lease is closed rather than reused, whatever
-            // happens to this future. Explicit transaction: through a transaction-mode
-            // pooler an unnamed statement outside one may be answered by another backend.
-            lease.enter_transaction();
-            let millis = limit.as_millis().max(1);
-            sqlx::raw_sql(AssertSqlSafe(format!(
-                "begin; set local statement_timeout = {millis}; set local lock_timeout = {millis}"
-            )))
-            .execute(&mut *lease)
-            .await
-            .map_err(unavailable)?;
-            sqlx::query("select chat_private.settle($1, $2::date, $3, $4)")
-                .bind(user)
-                .bind(&reservation.day)
-                .bind(reserved)
-                .bind(used)
-                .persistent(false)
-                .execute(&mut *lease)
-                .await
-                .map_err(unavailable)?;
-            sqlx::raw_sql("commit")
-                .execute(&mut *lease)
-                .await
-                .map_err(unavailable)?;
-            lease.transaction_ended();
-            lease.release();
-        }
-        Db::Sqlite(pool) => {
-            sqlx::query(
-                "update chat_token_days set tokens = max(tokens - ?1, 0) + ?2 \
-                 where user_id = ?3 and day = ?4",
-            )
-            .bind(reserved.max(0))
-            .bind(used.max(0))
-            .bind(user.to_string())
+    let mut tx = ChatTx::as_service(db).await?;
+    let settled = match tx.conn() {
+        Conn::Postgres(tx) => sqlx::query("select chat_private.settle($1, $2::date, $3, $4)")
+            .bind(user)
             .bind(&reservation.day)
-            .execute(pool)
+            .bind(reserved)
+            .bind(used)
+            .persistent(false)
+            .execute(tx)
             .await
-            .map_err(unavailable)?;
+            .map(drop),
+        Conn::Sqlite(tx) => sqlx::query(
+            "update chat_token_days set tokens = max(tokens - ?1, 0) + ?2 \
+             where user_id = ?3 and day = ?4",
+        )
+        .bind(reserved.max(0))
+        .bind(used.max(0))
+        .bind(user.to_string())
+        .bind(&reservation.day)
+        .execute(tx)
+        .await
+        .map(drop),
+    };
+    match settled {
+        Ok(_) => tx.commit().await,
+        Err(e) => {
+            tx.rollback().await;
+            Err(unavailable(e))
         }
     }
-    Ok(())
 }
 
 /// A reservation not yet settled. Exactly one settle is ever sent for it, from a task of its
@@ -284,7 +269,7 @@ impl Unsettled {
             limit,
             ..
         } = self;
-        let settled = bounded(limit, settle(&db, user, &reservation, used, limit)).await;
+        let settled = bounded(limit, settle(&db, user, &reservation, used)).await;
         if settled.is_err() {
             // `unavailable` logged the reason.
             tracing::warn!(

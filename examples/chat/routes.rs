@@ -13,20 +13,20 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use supabase_jwt_service::{ApiError, AppState, Claims, Tx, UserTx};
+use supabase_jwt_service::{ApiError, AppState, Claims};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout_at};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use crate::db::{bounded, unavailable};
+use crate::db::{ChatTx, bounded, unavailable};
 use crate::history::{self, MAX_STORED_CHARS, Turn};
 use crate::quota::{self, Charge, Limits, Reservation, StreamSlot, Streams};
 use crate::upstream::{Answer, Message, Model, Piece, StreamError, Usage, estimate_prompt_tokens};
 
-/// Largest request body (the service's limit).
-const MAX_BODY_BYTES: usize = supabase_jwt_service::routes::MAX_BODY_BYTES;
+/// Largest request body (the service's limit: 16 KiB).
+const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// Longest message, in characters.
 const MAX_MESSAGE_CHARS: usize = 4000;
@@ -147,9 +147,10 @@ async fn post_chat(
     // Not a `Tx`: that one would be settled when the response head goes out, while the quota
     // row must be committed before the model is called, and the turn is stored by a task that
     // outlives this handler.
-    let db = app.db()?;
-    let (messages, reservation) = bounded(app.config.db_timeout, async {
-        let mut tx = db.begin_as(&claims).await?;
+    let db = app.db().clone();
+    let db_timeout = app.config().db.timeout;
+    let (messages, reservation) = bounded(db_timeout, async {
+        let mut tx = ChatTx::as_caller(&db, &claims).await?;
         match admit(&mut tx, &chat, user, rpm, &request).await {
             Ok(admitted) => {
                 // Committed at once: the quota rows stay locked until then, and a lock held
@@ -158,8 +159,7 @@ async fn post_chat(
                 Ok(admitted)
             }
             Err(e) => {
-                // A failed rollback closed the connection, which rolled back too.
-                let _ = tx.rollback().await;
+                tx.rollback().await;
                 Err(e)
             }
         }
@@ -169,13 +169,7 @@ async fn post_chat(
     // From here the reservation is settled exactly once, whatever happens: should this
     // handler be dropped while the model is called (client gone, request timeout), the model
     // may have read the prompt, so the prompt is what it costs.
-    let charge = Charge::new(
-        db,
-        user,
-        reservation,
-        app.config.db_timeout,
-        prompt_estimate,
-    );
+    let charge = Charge::new(db, user, reservation, db_timeout, prompt_estimate);
     let deadline = Instant::now() + chat.max_answer;
     let answer = match chat.model.start(&messages).await {
         Ok(answer) => answer,
@@ -223,7 +217,7 @@ async fn post_chat(
 /// what the answer may cost: the output cap plus the prompt's estimate. Returns the messages
 /// to send upstream, the new one last.
 async fn admit(
-    tx: &mut UserTx,
+    tx: &mut ChatTx,
     chat: &ChatState,
     user: Uuid,
     rpm: u32,
@@ -371,8 +365,8 @@ async fn relay(relay: Relay) {
     let user = claims.sub.uuid();
     // The same pool and the same caller's transaction as the handlers', begun here because
     // the request's own ended when the response head went out.
-    let stored = bounded(app.config.db_timeout, async {
-        let mut tx = app.db()?.begin_as(&claims).await?;
+    let stored = bounded(app.config().db.timeout, async {
+        let mut tx = ChatTx::as_caller(app.db(), &claims).await?;
         history::store(tx.conn(), user, &turn)
             .await
             .map_err(unavailable)?;
@@ -403,16 +397,17 @@ async fn relay(relay: Relay) {
     let _ = timeout_at(deadline, frames.send(last)).await;
 }
 
-/// `GET /conversations`: the caller's conversations, most recent first. The app commits the
-/// `Tx` (read only) when the answer is 2xx.
+/// `GET /conversations`: the caller's conversations, most recent first.
 async fn list_conversations(
     State(app): State<AppState>,
     claims: Claims,
-    mut tx: Tx,
 ) -> Result<Response, ApiError> {
     let user = claims.sub.uuid();
-    let conversations = bounded(app.config.db_timeout, async {
-        history::list(tx.conn(), user).await.map_err(unavailable)
+    let conversations = bounded(app.config().db.timeout, async {
+        let mut tx = ChatTx::as_caller(app.db(), &claims).await?;
+        let listed = history::list(tx.conn(), user).await.map_err(unavailable)?;
+        tx.commit().await?;
+        Ok(listed)
     })
     .await?;
     Ok(no_store(Json(json!({ "conversations": conversations }))))
@@ -459,7 +454,6 @@ async fn get_conversation(
     claims: Claims,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<PageQuery>, QueryRejection>,
-    mut tx: Tx,
 ) -> Result<Response, ApiError> {
     let id = id
         .ok()
@@ -467,10 +461,13 @@ async fn get_conversation(
         .ok_or(NO_SUCH_CONVERSATION)?;
     let (before, limit) = page_of(query)?;
     let user = claims.sub.uuid();
-    let page = bounded(app.config.db_timeout, async {
-        history::page(tx.conn(), user, id, before, limit)
+    let page = bounded(app.config().db.timeout, async {
+        let mut tx = ChatTx::as_caller(app.db(), &claims).await?;
+        let page = history::page(tx.conn(), user, id, before, limit)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        tx.commit().await?;
+        Ok(page)
     })
     .await?
     .ok_or(NO_SUCH_CONVERSATION)?;

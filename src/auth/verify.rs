@@ -415,7 +415,10 @@ mod tests {
             .parse()
             .expect("url");
         let key_set = KeySet::from_jwks_json(url, JWKS).expect("fixture set");
-        (Verifier::new(&config.auth, Some(Arc::clone(&key_set))), key_set)
+        (
+            Verifier::new(&config.auth, Some(Arc::clone(&key_set))),
+            key_set,
+        )
     }
 
     fn token(alg: Algorithm, kid: &str, key: &EncodingKey) -> String {

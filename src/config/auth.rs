@@ -256,7 +256,10 @@ fn check_roles(list: Vec<String>) -> Result<Vec<String>, ConfigError> {
         }
     }
     if roles.is_empty() {
-        return Err(ConfigError::new(JWT_ALLOWED_ROLES, "must list at least one role"));
+        return Err(ConfigError::new(
+            JWT_ALLOWED_ROLES,
+            "must list at least one role",
+        ));
     }
     Ok(roles)
 }
@@ -292,8 +295,18 @@ mod tests {
 
     #[test]
     fn allowed_roles_refuse_project_key_roles_and_odd_names() {
-        assert_eq!(roles(" authenticated, editor ,editor").unwrap(), ["authenticated", "editor"]);
-        for bad in ["authenticated,anon", "service_role", "Editor", "a-b", "x;drop", " , "] {
+        assert_eq!(
+            roles(" authenticated, editor ,editor").unwrap(),
+            ["authenticated", "editor"]
+        );
+        for bad in [
+            "authenticated,anon",
+            "service_role",
+            "Editor",
+            "a-b",
+            "x;drop",
+            " , ",
+        ] {
             assert_eq!(roles(bad).unwrap_err().var, JWT_ALLOWED_ROLES, "{bad}");
         }
         assert!(roles("anon").unwrap_err().problem.contains("`anon`"));
@@ -314,7 +327,11 @@ mod tests {
         assert!(parse_supabase_url("http://127.0.0.1:54321").is_ok());
         assert!(parse_supabase_url("http://dev.localhost:54321").is_ok());
         for bad in ["abcd", "http://abcd.supabase.co", "ftp://x.example"] {
-            assert_eq!(parse_supabase_url(bad).unwrap_err().var, SUPABASE_URL, "{bad}");
+            assert_eq!(
+                parse_supabase_url(bad).unwrap_err().var,
+                SUPABASE_URL,
+                "{bad}"
+            );
         }
     }
 }

@@ -253,8 +253,12 @@ impl ConfigBuilder {
             HOST => h.host = Some(http::parse_host(v)?),
             PORT => h.port = Some(http::parse_port(v)?),
             CORS_ALLOWED_ORIGINS => h.cors_origins = Some(http::parse_origins([v])?),
-            REQUEST_TIMEOUT_SECONDS => h.request_timeout = Some(parse_seconds(REQUEST_TIMEOUT_SECONDS, v)?),
-            SHUTDOWN_TIMEOUT_SECONDS => h.shutdown_timeout = Some(parse_seconds(SHUTDOWN_TIMEOUT_SECONDS, v)?),
+            REQUEST_TIMEOUT_SECONDS => {
+                h.request_timeout = Some(parse_seconds(REQUEST_TIMEOUT_SECONDS, v)?)
+            }
+            SHUTDOWN_TIMEOUT_SECONDS => {
+                h.shutdown_timeout = Some(parse_seconds(SHUTDOWN_TIMEOUT_SECONDS, v)?)
+            }
             HEADER_READ_TIMEOUT_SECONDS => {
                 h.header_read_timeout = Some(parse_seconds(HEADER_READ_TIMEOUT_SECONDS, v)?);
             }

@@ -72,7 +72,11 @@ impl HttpSettings {
             cors_origins: self.cors_origins.unwrap_or_default(),
             request_timeout: seconds(REQUEST_TIMEOUT_SECONDS, self.request_timeout, 10)?,
             shutdown_timeout: seconds(SHUTDOWN_TIMEOUT_SECONDS, self.shutdown_timeout, 10)?,
-            header_read_timeout: seconds(HEADER_READ_TIMEOUT_SECONDS, self.header_read_timeout, 10)?,
+            header_read_timeout: seconds(
+                HEADER_READ_TIMEOUT_SECONDS,
+                self.header_read_timeout,
+                10,
+            )?,
             body_read_timeout: seconds(BODY_READ_TIMEOUT_SECONDS, self.body_read_timeout, 10)?,
             max_connections: check_count(
                 HTTP_MAX_CONNECTIONS,
@@ -147,7 +151,10 @@ mod tests {
     #[test]
     fn cors_origins_are_normalised() {
         let origins = parse_origins(["http://localhost:3000/, https://app.example.com"]).unwrap();
-        assert_eq!(origins, ["http://localhost:3000", "https://app.example.com"]);
+        assert_eq!(
+            origins,
+            ["http://localhost:3000", "https://app.example.com"]
+        );
         for bad in ["localhost:3000", "https://a.example/path", "ftp://x"] {
             let err = parse_origins([bad]).unwrap_err();
             assert_eq!(err.var, CORS_ALLOWED_ORIGINS, "{bad}");

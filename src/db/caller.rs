@@ -1,5 +1,5 @@
 //! The one place our SQL becomes the caller. Every entry point (the built-in read, a
-//! transaction of the `Tx` extractor, a `UserTx` begun for work outside a request, a
+//! transaction of the `Tx` extractor, a `DbTx` begun for work outside a request, a
 //! `ValidUser<P>` profile query, the built-in write) opens its work with the settings built
 //! here, so they mean the same everywhere:
 //!
@@ -37,10 +37,12 @@ pub(crate) struct CallerRules {
     pub(crate) timeout: Duration,
 }
 
-/// The verified caller, as the settings will present them to the database.
+/// Who the work runs as: a verified caller, or the service itself (its own database user,
+/// for work that belongs to no caller, such as settling a usage count).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caller<'a> {
-    claims: &'a Claims,
+    /// `None`: the service itself, with the connecting user's role and no claims.
+    claims: Option<&'a Claims>,
     rules: CallerRules,
     /// The session to find active, under `SESSION_CHECK=on`.
     session: Option<Uuid>,
@@ -56,15 +58,24 @@ impl<'a> Caller<'a> {
             None
         };
         Ok(Self {
-            claims,
+            claims: Some(claims),
             rules,
             session,
         })
     }
 
-    /// The caller's id.
+    /// The service itself: the same bounds, no role switch, no claims, no session.
+    pub(crate) fn service(rules: CallerRules) -> Self {
+        Self {
+            claims: None,
+            rules,
+            session: None,
+        }
+    }
+
+    /// The caller's id (nil for the service).
     pub(crate) fn sub(&self) -> Uuid {
-        self.claims.sub.uuid()
+        self.claims.map_or(Uuid::nil(), |c| c.sub.uuid())
     }
 
     /// Whether the settings row carries `session_active`.
@@ -77,14 +88,20 @@ impl<'a> Caller<'a> {
     /// connection that proved direct has them set for the session, see `PoolSettings`).
     pub(crate) fn push_settings(&self, sql: &mut String, left: Option<Duration>) {
         sql.push_str("select ");
-        if self.rules.rls {
-            sql.push_str("set_config('role', ");
-            sql.push_str(&quote_literal(&self.claims.role));
-            sql.push_str(", true), ");
+        match self.claims {
+            Some(claims) => {
+                if self.rules.rls {
+                    sql.push_str("set_config('role', ");
+                    sql.push_str(&quote_literal(&claims.role));
+                    sql.push_str(", true), ");
+                }
+                sql.push_str("set_config('request.jwt.claims', ");
+                sql.push_str(&quote_literal(claims.raw_json()));
+                sql.push_str(", true)");
+            }
+            // The service: nothing to switch; the empty claims make `auth.uid()` null.
+            None => sql.push_str("set_config('request.jwt.claims', '', true)"),
         }
-        sql.push_str("set_config('request.jwt.claims', ");
-        sql.push_str(&quote_literal(self.claims.raw_json()));
-        sql.push_str(", true)");
         if let Some(left) = left {
             let limit = millis(server_limit(left));
             let idle = millis(self.rules.timeout);
@@ -120,7 +137,7 @@ impl<'a> Caller<'a> {
     /// then collides ("prepared statement already exists"). A backend serves one transaction at
     /// a time there, so whatever it holds when ours begins is left over from a finished one.
     pub(crate) fn begin_message(&self, left: Duration, wipe_statements: bool) -> String {
-        let mut sql = String::with_capacity(320 + self.claims.raw_json().len());
+        let mut sql = String::with_capacity(320 + self.claims.map_or(0, |c| c.raw_json().len()));
         if wipe_statements {
             sql.push_str("deallocate all; ");
         }
@@ -217,10 +234,19 @@ mod tests {
         let claims = claims();
         let caller = Caller::new(&claims, rules(true, false)).unwrap();
         let sql = caller.begin_message(Duration::from_secs(3), false);
-        assert!(sql.starts_with("select set_config('role', E'authenticated', true), "), "{sql}");
+        assert!(
+            sql.starts_with("select set_config('role', E'authenticated', true), "),
+            "{sql}"
+        );
         assert!(sql.contains(r#""x":"a''b""#), "{sql}");
-        assert!(sql.contains("set_config('statement_timeout', '2700', true)"), "{sql}");
-        assert!(sql.contains("set_config('lock_timeout', '2700', true)"), "{sql}");
+        assert!(
+            sql.contains("set_config('statement_timeout', '2700', true)"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("set_config('lock_timeout', '2700', true)"),
+            "{sql}"
+        );
         assert!(sql.contains("set_config('idle_in_transaction_session_timeout', '3000', true)"));
         assert!(sql.ends_with("; begin"));
         assert!(!sql.contains("session_active"));
@@ -251,12 +277,26 @@ mod tests {
     }
 
     #[test]
+    fn the_service_keeps_its_role_and_carries_no_claims_but_the_same_bounds() {
+        let sql = Caller::service(rules(true, true)).begin_message(Duration::from_secs(3), false);
+        assert_eq!(
+            sql,
+            "select set_config('request.jwt.claims', '', true), \
+             set_config('statement_timeout', '2700', true), set_config('lock_timeout', '2700', true), \
+             set_config('idle_in_transaction_session_timeout', '3000', true); begin"
+        );
+    }
+
+    #[test]
     fn bounds_never_reach_zero() {
         let claims = claims();
         let caller = Caller::new(&claims, rules(true, false)).unwrap();
         let mut sql = String::new();
         caller.push_settings(&mut sql, Some(Duration::ZERO));
-        assert!(sql.contains("set_config('statement_timeout', '1', true)"), "{sql}");
+        assert!(
+            sql.contains("set_config('statement_timeout', '1', true)"),
+            "{sql}"
+        );
         assert_eq!(
             session_bounds_sql(Duration::from_secs(3)),
             "set statement_timeout = 2700; set lock_timeout = 2700; set idle_in_transaction_session_timeout = 3000"

@@ -167,7 +167,10 @@ impl PgDb {
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
                 let sql = caller.begin_message(left, wipe);
-                match sqlx::raw_sql(AssertSqlSafe(sql)).fetch_all(&mut *lease).await {
+                match sqlx::raw_sql(AssertSqlSafe(sql))
+                    .fetch_all(&mut *lease)
+                    .await
+                {
                     Ok(rows) => {
                         if caller.session_is_active(rows.first())? {
                             return Ok(lease);

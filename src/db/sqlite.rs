@@ -75,7 +75,11 @@ impl SqliteDb {
         for_writes: bool,
     ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, DbError> {
         bounded(self.timeout, async {
-            let begin = if for_writes { "BEGIN IMMEDIATE" } else { "BEGIN" };
+            let begin = if for_writes {
+                "BEGIN IMMEDIATE"
+            } else {
+                "BEGIN"
+            };
             self.pool
                 .begin_with(begin)
                 .await

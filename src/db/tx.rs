@@ -1,4 +1,4 @@
-//! [`UserTx`]: a transaction acting as the caller, for work outside one request's handler, and
+//! [`DbTx`]: a transaction acting as the caller, for work outside one request's handler, and
 //! what it shares with the request's `Tx`: the open transaction of either store, how it ends,
 //! and sqlx's `Executor` over it.
 
@@ -131,21 +131,21 @@ fn wrong_store(wanted: &'static str, actual: &'static str) -> sqlx::Error {
 ///     Ok(())
 /// }
 /// ```
-pub struct UserTx<DB: Backend = sqlx::Postgres> {
+pub struct DbTx<DB: Backend = sqlx::Postgres> {
     open: OpenTx,
     timeout: Duration,
     backend: PhantomData<fn() -> DB>,
 }
 
-impl<DB: Backend> std::fmt::Debug for UserTx<DB> {
+impl<DB: Backend> std::fmt::Debug for DbTx<DB> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UserTx")
+        f.debug_struct("DbTx")
             .field("store", &DB::STORE)
             .finish_non_exhaustive()
     }
 }
 
-impl<DB: Backend> UserTx<DB> {
+impl<DB: Backend> DbTx<DB> {
     pub(crate) fn new(open: OpenTx, timeout: Duration) -> Self {
         Self {
             open,
@@ -167,14 +167,14 @@ impl<DB: Backend> UserTx<DB> {
     }
 }
 
-impl UserTx<sqlx::Postgres> {
+impl DbTx<sqlx::Postgres> {
     async fn executor_conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
         self.open.pg()
     }
 }
 
 #[cfg(feature = "sqlite")]
-impl UserTx<sqlx::Sqlite> {
+impl DbTx<sqlx::Sqlite> {
     async fn executor_conn(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
         self.open.sqlite()
     }
@@ -263,6 +263,6 @@ macro_rules! executor_via {
 }
 pub(crate) use executor_via;
 
-executor_via!(UserTx<sqlx::Postgres>, sqlx::Postgres);
+executor_via!(DbTx<sqlx::Postgres>, sqlx::Postgres);
 #[cfg(feature = "sqlite")]
-executor_via!(UserTx<sqlx::Sqlite>, sqlx::Sqlite);
+executor_via!(DbTx<sqlx::Sqlite>, sqlx::Sqlite);

@@ -133,7 +133,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match <axum::extract::Path<T> as FromRequestParts<S>>::from_request_parts(parts, state).await {
+        match <axum::extract::Path<T> as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+        {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
             Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::not_found(
                 format!("no such resource: {}", e.body_text()),
@@ -174,7 +176,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match <axum::extract::Query<T> as FromRequestParts<S>>::from_request_parts(parts, state).await {
+        match <axum::extract::Query<T> as FromRequestParts<S>>::from_request_parts(parts, state)
+            .await
+        {
             Ok(axum::extract::Query(value)) => Ok(Self(value)),
             Err(rejection) => Err(ApiError::Custom {
                 status: StatusCode::BAD_REQUEST,
@@ -269,7 +273,9 @@ mod tests {
     #[test]
     fn serde_detail_drops_axums_sentence() {
         assert_eq!(
-            serde_detail("Failed to deserialize the JSON body into the target type: missing field `body` at line 1 column 2"),
+            serde_detail(
+                "Failed to deserialize the JSON body into the target type: missing field `body` at line 1 column 2"
+            ),
             "missing field `body` at line 1 column 2"
         );
     }
@@ -279,9 +285,13 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
         let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
         let body = deadline_body(Body::from_stream(stream), Duration::from_secs(5));
-        tx.send(Ok(Bytes::from_static(b"{\"bo"))).await.expect("send");
+        tx.send(Ok(Bytes::from_static(b"{\"bo")))
+            .await
+            .expect("send");
         // The sender stays, so the body neither ends nor fails by itself.
-        let err = axum::body::to_bytes(body, 1024).await.expect_err("deadline");
+        let err = axum::body::to_bytes(body, 1024)
+            .await
+            .expect_err("deadline");
         assert!(caused_by_deadline(&err), "{err}");
         drop(tx);
     }

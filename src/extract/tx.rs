@@ -83,7 +83,7 @@ impl<DB: Backend> Tx<DB> {
     async fn open(&mut self) -> Result<&mut OpenTx, DbError> {
         let open = match self.slot.take() {
             Some(open) => open,
-            None => self.db.open::<DB>(&self.claims, true).await?,
+            None => self.db.open::<DB>(Some(&self.claims), true).await?,
         };
         Ok(self.slot.insert(open))
     }

@@ -54,10 +54,13 @@ pub(super) async fn put_name(
 /// at most [`MAX_NAME_CHARS`] characters, without control characters; blank becomes null.
 fn parse_name_body(body: Result<Json<Value>, JsonRejection>) -> Result<Option<String>, ApiError> {
     let invalid = || ApiError::invalid_body(NAME_RULE);
-    let Json(value) = body.map_err(|rejection| match crate::extract::json_rejection(&rejection) {
-        e if e.code() == "invalid_body" => invalid(),
-        e => e,
-    })?;
+    let Json(value) =
+        body.map_err(
+            |rejection| match crate::extract::json_rejection(&rejection) {
+                e if e.code() == "invalid_body" => invalid(),
+                e => e,
+            },
+        )?;
     let Value::Object(mut object) = value else {
         return Err(invalid());
     };

@@ -90,7 +90,10 @@ mod tests {
         assert_eq!(e.code(), "unsupported_media_type");
         assert_eq!(e.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert!(e.message().contains("Content-Type"));
-        assert_eq!(error_for(StatusCode::INTERNAL_SERVER_ERROR, "x".into()), ApiError::Internal);
+        assert_eq!(
+            error_for(StatusCode::INTERNAL_SERVER_ERROR, "x".into()),
+            ApiError::Internal
+        );
         let e = error_for(StatusCode::IM_A_TEAPOT, String::new());
         assert_eq!((e.code(), e.message()), ("bad_request", "I'm a teapot"));
     }

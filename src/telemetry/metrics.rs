@@ -33,7 +33,6 @@ use {
     tokio::net::TcpListener,
 };
 
-
 /// Requests answered, by `method`, `route` and `status`.
 pub(crate) const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 /// Time to answer a request, by `route`.
@@ -154,7 +153,12 @@ pub(crate) fn describe() {
 
 /// Counts one answered request and its duration. `route` is the matched path, `None` when
 /// nothing matched.
-pub(crate) fn http_request(method: &Method, route: Option<&str>, status: StatusCode, elapsed: Duration) {
+pub(crate) fn http_request(
+    method: &Method,
+    route: Option<&str>,
+    status: StatusCode,
+    elapsed: Duration,
+) {
     let route = route.unwrap_or(UNMATCHED_ROUTE).to_owned();
     counter!(
         HTTP_REQUESTS_TOTAL,

@@ -31,8 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 mod connect;
@@ -47,7 +47,6 @@ pub(crate) use settings::PoolSettings;
 const CANCEL_AFTER: Duration = Duration::from_millis(100);
 /// How often idle connections past their idle timeout or lifetime are closed.
 const REAP_EVERY: Duration = Duration::from_secs(30);
-
 
 /// A lazily connecting pool of [`PgConnection`]s; cheap to clone. Its `Debug` names the
 /// server and user, never the password.
@@ -312,7 +311,6 @@ impl Shared {
             shared.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
-
 }
 
 #[cfg(test)]

@@ -125,12 +125,23 @@ mod tests {
         };
         let caller = Caller::new(&claims, rules).unwrap();
         let sql = message(&caller, &PROFILE, None, ReadForm::Inline);
-        assert!(sql.starts_with("select set_config('role', E'support', true), "), "{sql}");
-        assert!(!sql.contains("statement_timeout"), "the session holds the bounds: {sql}");
+        assert!(
+            sql.starts_with("select set_config('role', E'support', true), "),
+            "{sql}"
+        );
+        assert!(
+            !sql.contains("statement_timeout"),
+            "the session holds the bounds: {sql}"
+        );
         assert!(sql.ends_with(
             "; select id, full_name from public.users where id = '5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f'::uuid"
         ));
-        let bounded = message(&caller, &PROFILE, Some(Duration::from_secs(3)), ReadForm::Inline);
+        let bounded = message(
+            &caller,
+            &PROFILE,
+            Some(Duration::from_secs(3)),
+            ReadForm::Inline,
+        );
         assert!(bounded.contains("set_config('statement_timeout', '2700', true)"));
     }
 

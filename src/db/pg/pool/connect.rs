@@ -91,5 +91,4 @@ impl Shared {
         };
         Ok((Some(pid), session_limited))
     }
-
 }
