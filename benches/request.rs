@@ -1,7 +1,9 @@
-//! One `GET /name` through the whole router (every middleware layer, the `ValidUser`
-//! extractor, the handler and JSON encoding) over a store that answers from memory, so the
-//! figure is the service's own CPU per request without the database or the network: what the
-//! load test's "service CPU per request" is made of, apart from the kernel.
+//! One request through the whole router (every middleware layer, the extractors, the handler
+//! and JSON encoding), in process, so the figure is the service's own CPU per request without
+//! the network: `GET /claims` (a route of your own taking `Claims`: everything but the
+//! database) and `GET /name` on the embedded store (the built-in read, SQLite in process).
+//! What the load test's "service CPU per request" is made of, apart from the kernel and
+//! Postgres.
 //!
 //! `cargo bench --bench request -- --warm-up-time 1 --measurement-time 3`
 
@@ -10,20 +12,16 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::hint::black_box;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes, to_bytes};
 use axum::http::{Request, StatusCode, header};
+use axum::routing::get;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use supabase_jwt_service::auth::Claims;
 use supabase_jwt_service::config::LogFormat;
-use supabase_jwt_service::store::{PoolStats, StoreFuture, UserRow};
-use supabase_jwt_service::{
-    AppState, Config, Instrumented, ShutdownFlag, UserStore, Verifier, router,
-};
+use supabase_jwt_service::{App, AppState, Claims, Config, Json};
 use tower::ServiceExt;
 use tracing_subscriber::EnvFilter;
 use uuid::Uuid;
@@ -32,38 +30,9 @@ const SECRET: &str = "bench-secret-for-hs256-0123456789abcdefgh";
 /// As many distinct users (and tokens) as the load test rotates through.
 const USERS: usize = 1000;
 
-/// Every user has a profile, answered without I/O.
-struct MemoryStore;
-
-impl UserStore for MemoryStore {
-    fn profile<'a>(&'a self, claims: &'a Claims) -> StoreFuture<'a, Option<UserRow>> {
-        let row = UserRow {
-            id: claims.sub.uuid(),
-            full_name: Some("Ada Lovelace".to_owned()),
-            avatar_url: None,
-        };
-        Box::pin(async move { Ok(Some(row)) })
-    }
-
-    fn set_full_name<'a>(
-        &'a self,
-        _claims: &'a Claims,
-        _full_name: Option<&'a str>,
-    ) -> StoreFuture<'a, Option<UserRow>> {
-        Box::pin(async { Ok(None) })
-    }
-
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
-    fn pool_stats(&self) -> Option<PoolStats> {
-        None
-    }
+/// A route of your own with the verified caller and no database.
+async fn claims(claims: Claims) -> Json<serde_json::Value> {
+    Json(json!({"sub": claims.sub}))
 }
 
 fn token(sub: Uuid) -> String {
@@ -96,17 +65,36 @@ fn bench_request(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let config = Config::for_tests("sqlite://bench-unused.db", SECRET).expect("config");
-    let state = AppState {
-        verifier: Arc::new(Verifier::new(&config, None)),
-        config: Arc::new(config),
-        store: Arc::new(Instrumented::new(MemoryStore)),
-        shutdown: ShutdownFlag::default(),
-    };
-    let app = router(state);
-    let tokens: Vec<String> = (0..USERS).map(|_| token(Uuid::new_v4())).collect();
-    let request = |token: &str| {
-        Request::get("/name")
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = Config::builder()
+        .database_url(&format!("sqlite://{}/bench.db", dir.path().display()))
+        .jwt_secret(SECRET)
+        .listen(([127, 0, 0, 1], 0).into())
+        .metrics_addr(None)
+        .build()
+        .expect("config");
+    let users: Vec<Uuid> = (0..USERS).map(|_| Uuid::new_v4()).collect();
+    let app = runtime.block_on(async {
+        let state = AppState::build(config).await.expect("state");
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}/bench.db", dir.path().display()))
+                .await
+                .expect("seed pool");
+        for user in &users {
+            sqlx::query("insert into users (id, full_name) values (?1, 'Ada Lovelace')")
+                .bind(user.to_string())
+                .execute(&pool)
+                .await
+                .expect("seed");
+        }
+        App::new(state)
+            .with_profile_routes()
+            .merge(Router::new().route("/claims", get(claims)))
+            .into_router()
+    });
+    let tokens: Vec<String> = users.iter().map(|u| token(*u)).collect();
+    let request = |path: &str, token: &str| {
+        Request::get(path)
             .header(header::AUTHORIZATION, format!("Bearer {token}"))
             .header(header::ORIGIN, "http://localhost:3000")
             .body(Body::empty())
@@ -117,7 +105,7 @@ fn bench_request(c: &mut Criterion) {
         for token in &tokens {
             let response = app
                 .clone()
-                .oneshot(request(token))
+                .oneshot(request("/name", token))
                 .await
                 .expect("infallible");
             assert_eq!(response.status(), StatusCode::OK);
@@ -130,12 +118,17 @@ fn bench_request(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     // The load test's case: rotating tokens, each already in the verified-token cache.
     let next = std::cell::Cell::new(0);
-    let rotating = || {
+    let rotating = |path: &str| {
         next.set((next.get() + 1) % USERS);
-        request(&tokens[next.get()])
+        request(path, &tokens[next.get()])
     };
-    group.bench_function("get_name_rotating_hs256", |b| {
-        b.to_async(&runtime).iter(|| answer(&app, rotating()));
+    group.bench_function("get_claims_rotating_hs256", |b| {
+        b.to_async(&runtime)
+            .iter(|| answer(&app, rotating("/claims")));
+    });
+    group.bench_function("get_name_sqlite_rotating_hs256", |b| {
+        b.to_async(&runtime)
+            .iter(|| answer(&app, rotating("/name")));
     });
     // The same with the production log setting (`RUST_LOG=info`, `LOG_FORMAT=json`): the
     // request span and one JSON line per request, written to a sink.
@@ -146,8 +139,9 @@ fn bench_request(c: &mut Criterion) {
             std::io::sink,
         );
         let _default = tracing::subscriber::set_default(subscriber);
-        group.bench_function("get_name_rotating_hs256_info_json_log", |b| {
-            b.to_async(&runtime).iter(|| answer(&app, rotating()));
+        group.bench_function("get_claims_rotating_hs256_info_json_log", |b| {
+            b.to_async(&runtime)
+                .iter(|| answer(&app, rotating("/claims")));
         });
     }
     group.bench_function("no_token_401", |b| {

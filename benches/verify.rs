@@ -9,9 +9,10 @@ use std::sync::Arc;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use supabase_jwt_service::Config;
 use supabase_jwt_service::auth::AuthError;
+use supabase_jwt_service::auth::Verifier;
 use supabase_jwt_service::auth::jwks::KeySet;
-use supabase_jwt_service::{Config, Verifier};
 
 const SECRET: &str = "bench-secret-for-hs256-0123456789abcdefgh";
 const ISSUER: &str = "http://127.0.0.1:54321/auth/v1";
@@ -44,13 +45,15 @@ fn corrupt_signature(token: &str) -> String {
 
 /// A verifier over the fixture key set; `cache` turns the verified-token cache on or off.
 fn build_verifier(cache: bool) -> Verifier {
-    let mut config = Config::for_tests("sqlite://bench-unused.db", SECRET).expect("config");
-    config.issuer = Some(ISSUER.to_owned());
-    if !cache {
+    let config = Config::builder()
+        .database_url("postgres://bench-unused@127.0.0.1:1/unused")
+        .jwt_secret(SECRET)
+        .issuer(ISSUER)
         // Every iteration verifies the same token: with the cache on, all but the first would
         // be lookups, not verifications.
-        config.token_cache_size = 0;
-    }
+        .token_cache_size(if cache { 4096 } else { 0 })
+        .build()
+        .expect("config");
     let key_set = KeySet::from_jwks_json(
         format!("{ISSUER}/.well-known/jwks.json")
             .parse()
@@ -58,7 +61,7 @@ fn build_verifier(cache: bool) -> Verifier {
         include_str!("../tests/fixtures/jwks/jwks.json"),
     )
     .expect("fixture key set");
-    Verifier::new(&config, Some(Arc::clone(&key_set)))
+    Verifier::new(&config.auth, Some(Arc::clone(&key_set)))
 }
 
 fn bench_verify(c: &mut Criterion) {

@@ -305,6 +305,27 @@ impl Drop for JwksServer {
     }
 }
 
+/// The bearer token of `headers` as the extractors read it: `Err` for none, another scheme
+/// ([`AuthError::Missing`](crate::auth::AuthError::Missing)), two `Authorization` headers
+/// ([`AuthError::DuplicateHeader`](crate::auth::AuthError::DuplicateHeader)), or a token longer
+/// than [`MAX_TOKEN_LEN`] ([`AuthError::Malformed`](crate::auth::AuthError::Malformed)). For
+/// fuzzing and property tests of the header rules.
+///
+/// ```
+/// use axum::http::{HeaderMap, HeaderValue, header};
+/// use supabase_jwt_service::testing::bearer_token;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc.def.ghi"));
+/// assert_eq!(bearer_token(&headers), Ok("abc.def.ghi"));
+/// ```
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, crate::auth::AuthError> {
+    crate::auth::bearer::token(headers)
+}
+
+/// The longest bearer token read, in bytes (12 KiB); a longer one is malformed.
+pub const MAX_TOKEN_LEN: usize = crate::auth::bearer::MAX_TOKEN_LEN;
+
 /// A request for [`call`]: `token` as `Authorization: Bearer`, `body` as JSON.
 pub fn request(
     method: Method,

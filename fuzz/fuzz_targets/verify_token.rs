@@ -1,4 +1,4 @@
-//! Fuzzes what a client controls: the `Authorization` header, through `auth::bearer::token`
+//! Fuzzes what a client controls: the `Authorization` header, through `testing::bearer_token`
 //! and `Verifier::verify` (HS256 with a fixed secret, and ES256/RS256/EdDSA with the key set of
 //! `tests/fixtures/jwks/jwks.json`, loaded once and never refetched). The first input byte picks
 //! a mode:
@@ -25,9 +25,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
-use supabase_jwt_service::auth::bearer;
-use supabase_jwt_service::auth::jwks::KeySet;
-use supabase_jwt_service::{ApiError, Claims, Config, Verifier};
+use supabase_jwt_service::auth::{KeySet, Verifier};
+use supabase_jwt_service::testing::{MAX_TOKEN_LEN, bearer_token};
+use supabase_jwt_service::{ApiError, Claims, Config};
 
 const SECRET: &str = "fuzz-secret-for-the-verify-target-0123456789";
 /// The default `JWT_LEEWAY_SECONDS`.
@@ -37,7 +37,11 @@ const LEEWAY: u64 = 30;
 const JWKS: &str = include_str!("../../tests/fixtures/jwks/jwks.json");
 
 static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
-    let config = Config::for_tests("sqlite://unused.db", SECRET).expect("config");
+    let config = Config::builder()
+        .database_url("postgres://unused@127.0.0.1:1/unused")
+        .jwt_secret(SECRET)
+        .build()
+        .expect("config");
     // Fixed keys: an unknown kid is answered at once, never by a fetch, so one poll finishes
     // every verification.
     let key_set = KeySet::from_jwks_json(
@@ -47,7 +51,7 @@ static VERIFIER: LazyLock<Verifier> = LazyLock::new(|| {
         JWKS,
     )
     .expect("fixture key set");
-    Verifier::new(&config, Some(key_set))
+    Verifier::new(&config.auth, Some(key_set))
 });
 
 fuzz_target!(|data: &[u8]| {
@@ -71,8 +75,8 @@ fn header_value(bytes: &[u8]) {
     };
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, value);
-    if let Ok(token) = bearer::token(&headers) {
-        assert!(!token.is_empty() && token.len() <= bearer::MAX_TOKEN_LEN);
+    if let Ok(token) = bearer_token(&headers) {
+        assert!(!token.is_empty() && token.len() <= MAX_TOKEN_LEN);
         check(token);
     }
 }
