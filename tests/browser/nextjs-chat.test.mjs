@@ -184,7 +184,8 @@ test('chat: a conversation a person recognises, streaming as it is written', { s
     assert.ok(title.lines < 1.5, `the title takes ${title.lines.toFixed(1)} lines`)
 
     // While the answer streams: its first words are on screen, and Stop is where Send was.
-    const long = Array.from({ length: 60 }, (_, i) => `word${i + 1}`).join(' ')
+    // 120 words, 150 ms apart: 18 s, far longer than the checks below take on a busy machine.
+    const long = Array.from({ length: 120 }, (_, i) => `word${i + 1}`).join(' ')
     await box.fill(long)
     await box.press('Enter')
     const streaming = page.locator('li.turn.assistant[data-state="streaming"]')
@@ -197,7 +198,7 @@ test('chat: a conversation a person recognises, streaming as it is written', { s
     assert.equal(await send.count(), 0, 'Send and Stop are both shown')
     await captureState(page, 'chat-streaming')
     assert.equal(await streaming.count(), 1, 'the answer ended before the streaming state was checked')
-    assert.ok(!(await streaming.innerText()).includes('word60'), 'the whole answer arrived at once')
+    assert.ok(!(await streaming.innerText()).includes('word120'), 'the whole answer arrived at once')
 
     // Stop keeps what arrived, says it was stopped, and gives Send back.
     await stop.click()
@@ -256,6 +257,25 @@ test('chat: with the chat service down the page says so, keeps the message, and 
     assert.equal(await turns(page, 'assistant').locator('.content').innerText(), 'Are you there?')
     await list.getByRole('button', { name: question }).waitFor()
     assert.equal(await listAlert.count(), 0)
+
+    // Down in the middle of an answer: what arrived stays, marked as cut, and it says so.
+    const long = Array.from({ length: 100 }, (_, i) => `part${i + 1}`).join(' ')
+    await page.locator('textarea').fill(long)
+    await page.getByRole('button', { name: 'Send' }).click()
+    await page.locator('li.turn.assistant[data-state="streaming"]').getByText('part1').waitFor()
+    await chat.stop()
+    chat = null
+    const cut = page.locator('li.turn.assistant[data-state="cut"]')
+    await cut.waitFor()
+    assert.match(await cut.innerText(), /part1 /)
+    assert.match(await cut.innerText(), /cut off/)
+    const unfinished = page.locator('main [role="alert"]').filter({ hasText: /didn.t finish/i })
+    await unfinished.getByRole('button', { name: 'Try again' }).waitFor()
+    assert.equal(await page.locator('textarea').inputValue(), '', 'the message the service took came back into the box')
+    await captureState(page, 'chat-answer-cut')
+    // The list read again after the failure failed too: the one already shown stays.
+    assert.equal(await listAlert.count(), 0, 'the conversations on screen gave way to an error')
+    await list.getByRole('button', { name: question }).waitFor()
   })
 })
 

@@ -110,10 +110,14 @@ export default function ChatPanel() {
       }
     }
     const read = await fetchConversations(token)
-    setList(
+    // A list already on screen stays when a later refresh fails: the failure that prompted
+    // the refresh is already being shown above the message box.
+    setList((shown) =>
       read.ok
         ? { status: 'loaded', items: read.data }
-        : { status: 'failed', advice: describeChatFailure(read), code: read.error },
+        : shown.status === 'loaded'
+          ? shown
+          : { status: 'failed', advice: describeChatFailure(read), code: read.error },
     )
   }, [])
 
