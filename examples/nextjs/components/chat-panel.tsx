@@ -154,6 +154,8 @@ export default function ChatPanel() {
   }, [])
   const turnCount = turns.length
   const lastTurnLength = turns[turns.length - 1]?.content.length ?? 0
+  // A note under the last answer ("Stopped", "cut off") makes it taller too.
+  const lastTurnState = turns[turns.length - 1]?.state
   const lastCount = useRef(0)
   useEffect(() => {
     const added = turnCount > lastCount.current
@@ -163,7 +165,7 @@ export default function ChatPanel() {
     // whole: brings the last words, then the message box below them, into view.
     threadEnd.current?.scrollIntoView({ block: 'nearest' })
     composer.current?.scrollIntoView({ block: 'nearest' })
-  }, [turnCount, lastTurnLength])
+  }, [turnCount, lastTurnLength, lastTurnState])
 
   const updateTurn = (key: number, change: (turn: Turn) => Turn) =>
     setTurns((all) => all.map((t) => (t.key === key ? change(t) : t)))
