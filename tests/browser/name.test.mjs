@@ -169,8 +169,9 @@ test('(b) origin not in CORS_ALLOWED_ORIGINS: the browser blocks the call and th
     assert.equal(result.code, 'network_error', JSON.stringify(result))
     assert.equal(result.status, '')
     assert.match(result.detail, /fetch/i, 'a TypeError from fetch ("Failed to fetch")')
-    assert.match(result.text, /Could not reach the service/)
-    assert.match(result.text, /CORS/)
+    // Words for people first; the likely causes, CORS included, in the detail.
+    assert.match(result.text, /Couldn't reach the service/)
+    assert.match(result.why, /CORS_ALLOWED_ORIGINS/)
 
     // Why: the service answered, without Access-Control-Allow-Origin.
     const answered = network.all().filter((r) => r.responseHeaders)

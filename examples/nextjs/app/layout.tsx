@@ -1,10 +1,17 @@
-import type { Metadata } from 'next'
+import type { Metadata, Viewport } from 'next'
 import type { ReactNode } from 'react'
 import './globals.css'
 
+// The favicon is app/icon.svg: Next.js links it from every page.
 export const metadata: Metadata = {
-  title: 'supabase-jwt-service: Next.js example',
-  description: 'Sign in with Supabase Auth, then call the service with your access token.',
+  title: { default: 'Example app', template: '%s · Example app' },
+  description: 'Sign in with Supabase Auth, keep your profile, and chat, through supabase-jwt-service.',
+}
+
+export const viewport: Viewport = {
+  width: 'device-width',
+  initialScale: 1,
+  colorScheme: 'light dark',
 }
 
 export default function RootLayout({ children }: { children: ReactNode }) {

@@ -1,6 +1,10 @@
+import type { Metadata } from 'next'
 import { redirect } from 'next/navigation'
 import NameCard from '@/components/name-card'
+import SiteHeader from '@/components/site-header'
 import { createClient } from '@/utils/supabase/server'
+
+export const metadata: Metadata = { title: 'Your profile' }
 
 // A Server Component: it runs on the server for every request, reading the
 // session from cookies that proxy.ts has just refreshed.
@@ -16,18 +20,14 @@ export default async function HomePage() {
   }
 
   return (
-    <main>
-      <h1>Your profile</h1>
-      <p className="muted">
-        Signed in to Supabase as <strong>{data.user.email ?? data.user.id}</strong>
-      </p>
-
-      {/* The browser calls the service itself, with its own access token. */}
-      <NameCard />
-
-      <form action="/auth/signout" method="post">
-        <button type="submit">Sign out</button>
-      </form>
-    </main>
+    <>
+      <SiteHeader email={data.user.email ?? data.user.id} current="profile" />
+      <main className="narrow">
+        <h1>Your profile</h1>
+        <p className="lead muted">What this app knows about you, and how it addresses you.</p>
+        {/* The browser calls the service itself, with its own access token. */}
+        <NameCard />
+      </main>
+    </>
   )
 }

@@ -2,27 +2,22 @@
 
 import Link from 'next/link'
 import { useCallback, useEffect, useState, type FormEvent } from 'react'
-import {
-  describeFailure,
-  getName,
-  putName,
-  type ErrorAdvice,
-  type ServiceFailure,
-} from '@/lib/service'
+import Notice from '@/components/notice'
+import { describeFailure, getName, putName, type ErrorAdvice, type ServiceFailure } from '@/lib/service'
 import { createClient } from '@/utils/supabase/client'
 
 type LoadState =
   | { status: 'loading' }
-  | { status: 'loaded'; fullName: string | null }
+  | { status: 'loaded' }
   | { status: 'failed'; advice: ErrorAdvice; failure: ServiceFailure | null }
 
 type SaveState =
   | { status: 'idle' }
   | { status: 'saving' }
   | { status: 'saved' }
-  | { status: 'failed'; advice: ErrorAdvice }
+  | { status: 'failed'; advice: ErrorAdvice; failure: ServiceFailure | null }
 
-const SIGNED_OUT: ErrorAdvice = { message: 'Your session expired, sign in again.', action: 'sign_in' }
+const SIGNED_OUT: ErrorAdvice = { message: 'Your session expired, sign in again.', detail: null, action: 'sign_in' }
 
 /**
  * The access token of the browser's Supabase session. getSession() refreshes
@@ -36,6 +31,10 @@ async function accessToken(): Promise<string | null> {
   return data.session.access_token
 }
 
+/**
+ * The person's name, read from the service (`GET /name`) and changed in place (`PUT /name`).
+ * It is shown once, in the field that edits it; what is typed stays there when saving fails.
+ */
 export default function NameCard() {
   const [load, setLoad] = useState<LoadState>({ status: 'loading' })
   const [save, setSave] = useState<SaveState>({ status: 'idle' })
@@ -51,7 +50,7 @@ export default function NameCard() {
     }
     const result = await getName(token, { signal })
     if (result.ok) {
-      setLoad({ status: 'loaded', fullName: result.data.full_name })
+      setLoad({ status: 'loaded' })
       setDraft(result.data.full_name ?? '')
     } else if (result.error !== 'aborted') {
       setLoad({ status: 'failed', advice: describeFailure(result), failure: result })
@@ -80,7 +79,7 @@ export default function NameCard() {
     setSave({ status: 'saving' })
     const token = await accessToken()
     if (!token) {
-      setSave({ status: 'failed', advice: SIGNED_OUT })
+      setSave({ status: 'failed', advice: SIGNED_OUT, failure: null })
       return
     }
     const trimmed = draft.trim()
@@ -88,50 +87,55 @@ export default function NameCard() {
     const result = await putName(token, trimmed === '' ? null : trimmed)
     if (result.ok) {
       setSave({ status: 'saved' })
-      setLoad({ status: 'loaded', fullName: result.data.full_name })
       setDraft(result.data.full_name ?? '')
     } else {
-      setSave({ status: 'failed', advice: describeFailure(result) })
+      setSave({ status: 'failed', advice: describeFailure(result), failure: result })
     }
   }
 
   return (
-    <section className="card" aria-live="polite">
-      <h2>Name from the service</h2>
+    <section className="card" aria-busy={load.status === 'loading'}>
 
-      {load.status === 'loading' && <p className="muted">Loading your name…</p>}
-
-      {load.status === 'loaded' && (
-        <p data-testid="full-name">
-          {load.fullName === null ? <em>(no name set)</em> : <strong>{load.fullName}</strong>}
+      {load.status === 'loading' && (
+        <p role="status" className="muted">
+          Loading your profile…
         </p>
       )}
 
       {load.status === 'failed' && (
-        <Problem advice={load.advice} onRetry={() => void fetchName()} code={load.failure?.error} />
+        <Problem advice={load.advice} failure={load.failure} onRetry={() => void fetchName()} />
       )}
 
       {load.status === 'loaded' && (
-        <form onSubmit={onSave}>
-          <label>
-            Full name
+        <form className="stack" onSubmit={onSave} data-state="loaded">
+          <div className="field">
+            <label htmlFor="full-name">Your name</label>
             <input
+              id="full-name"
               name="full_name"
               value={draft}
               maxLength={200}
+              autoComplete="name"
+              placeholder="Add your name"
+              aria-describedby="full-name-hint"
               onChange={(e) => {
                 setDraft(e.target.value)
                 if (save.status !== 'saving') setSave({ status: 'idle' })
               }}
             />
-          </label>
-          <div className="row">
-            <button type="submit" disabled={save.status === 'saving'}>
+            <p id="full-name-hint" className="hint">
+              How the app addresses you. Leave it empty to remove it.
+            </p>
+          </div>
+          <div className="actions">
+            <button type="submit" className="primary" disabled={save.status === 'saving'}>
               {save.status === 'saving' ? 'Saving…' : 'Save'}
             </button>
-            {save.status === 'saved' && <span role="status">Saved.</span>}
+            <span role="status" className="saved">
+              {save.status === 'saved' ? '✓ Saved' : ''}
+            </span>
           </div>
-          {save.status === 'failed' && <Problem advice={save.advice} />}
+          {save.status === 'failed' && <Problem advice={save.advice} failure={save.failure} />}
         </form>
       )}
     </section>
@@ -140,22 +144,27 @@ export default function NameCard() {
 
 function Problem({
   advice,
+  failure,
   onRetry,
-  code,
 }: {
   advice: ErrorAdvice
+  failure: ServiceFailure | null
   onRetry?: () => void
-  code?: string
 }) {
   return (
-    <div role="alert" className="error" data-error-code={code}>
-      <p>{advice.message}</p>
-      {advice.action === 'sign_in' && <Link href="/login">Sign in again</Link>}
-      {advice.action === 'retry' && onRetry && (
-        <button type="button" onClick={onRetry}>
-          Try again
-        </button>
-      )}
-    </div>
+    <Notice
+      title={advice.message}
+      detail={advice.detail}
+      code={failure?.error}
+      actions={
+        advice.action === 'sign_in' ? (
+          <Link href="/login">Sign in again</Link>
+        ) : advice.action === 'retry' && onRetry ? (
+          <button type="button" onClick={onRetry}>
+            Try again
+          </button>
+        ) : null
+      }
+    />
   )
 }

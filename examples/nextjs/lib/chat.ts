@@ -163,14 +163,51 @@ function parseEvent(block: string): { name: string; data: Record<string, unknown
 export type ConversationSummary = { id: string; title: string; updated_at: string }
 export type StoredMessage = { role: 'user' | 'assistant'; content: string; created_at: string; incomplete: boolean }
 
-/** GET /conversations: the caller's own, newest first; null on any failure. */
+/** A failed read: the HTTP status (null when no answer came) and the service's error code, or a client-side one. */
+export type ChatReadFailure = { ok: false; status: number | null; error: string; message: string }
+
+/** What a read of the history resolves to; it never throws. */
+export type ChatRead<T> = { ok: true; data: T } | ChatReadFailure
+
+type ReadOptions = { baseUrl?: string; signal?: AbortSignal }
+
+/** GET /conversations: the caller's own, newest first, or why they could not be read. */
+export async function fetchConversations(
+  accessToken: string,
+  options: ReadOptions = {},
+): Promise<ChatRead<ConversationSummary[]>> {
+  const read = await getJson(accessToken, '/conversations', options)
+  if (!read.ok) return read
+  const list = (read.data as { conversations?: unknown } | null)?.conversations
+  return Array.isArray(list)
+    ? { ok: true, data: list as ConversationSummary[] }
+    : { ok: false, status: 200, error: 'unexpected_response', message: 'no "conversations" array in the answer' }
+}
+
+/**
+ * GET /conversations/{id}: its messages, oldest first, or why they could not be read
+ * (`not_found` for someone else's or an unknown conversation).
+ */
+export async function fetchConversation(
+  accessToken: string,
+  id: string,
+  options: ReadOptions = {},
+): Promise<ChatRead<StoredMessage[]>> {
+  const read = await getJson(accessToken, `/conversations/${encodeURIComponent(id)}`, options)
+  if (!read.ok) return read
+  const messages = (read.data as { messages?: unknown } | null)?.messages
+  return Array.isArray(messages)
+    ? { ok: true, data: messages as StoredMessage[] }
+    : { ok: false, status: 200, error: 'unexpected_response', message: 'no "messages" array in the answer' }
+}
+
+/** GET /conversations: the caller's own, newest first; null on any failure (fetchConversations says which). */
 export async function listConversations(
   accessToken: string,
-  options: { baseUrl?: string; signal?: AbortSignal } = {},
+  options: ReadOptions = {},
 ): Promise<ConversationSummary[] | null> {
-  const body = await getJson(accessToken, '/conversations', options)
-  const list = (body as { conversations?: unknown } | null)?.conversations
-  return Array.isArray(list) ? (list as ConversationSummary[]) : null
+  const read = await fetchConversations(accessToken, options)
+  return read.ok ? read.data : null
 }
 
 /**
@@ -182,7 +219,7 @@ export async function listConversations(
 export async function listConversationsWith(
   accessToken: string,
   id: string,
-  options: { baseUrl?: string; signal?: AbortSignal; attempts?: number; delayMs?: number } = {},
+  options: ReadOptions & { attempts?: number; delayMs?: number } = {},
 ): Promise<ConversationSummary[] | null> {
   const attempts = options.attempts ?? 10
   let list: ConversationSummary[] | null = null
@@ -198,28 +235,105 @@ export async function listConversationsWith(
 export async function getConversation(
   accessToken: string,
   id: string,
-  options: { baseUrl?: string; signal?: AbortSignal } = {},
+  options: ReadOptions = {},
 ): Promise<StoredMessage[] | null> {
-  const body = await getJson(accessToken, `/conversations/${encodeURIComponent(id)}`, options)
-  const messages = (body as { messages?: unknown } | null)?.messages
-  return Array.isArray(messages) ? (messages as StoredMessage[]) : null
+  const read = await fetchConversation(accessToken, id, options)
+  return read.ok ? read.data : null
 }
 
-async function getJson(
-  accessToken: string,
-  path: string,
-  options: { baseUrl?: string; signal?: AbortSignal },
-): Promise<unknown> {
+/** What a person should read about a failed chat call, and what they can do next. */
+export type ChatAdvice = {
+  /** In the person's words, no codes. */
+  message: string
+  /** The technical cause, for small print; null when there is nothing to add. */
+  detail: string | null
+  /**
+   * 'retry': offer to try again now. 'wait': the quota is used up; sending is possible again
+   * after `retryAfter` seconds. 'sign_in': the session is over. 'none': nothing to do here.
+   */
+  action: 'retry' | 'wait' | 'sign_in' | 'none'
+  /** Seconds to wait (Retry-After), when the service said. */
+  retryAfter: number | null
+}
+
+/** Turns a failed POST /chat or history read into words for people (docs/chat.md lists the codes). */
+export function describeChatFailure(
+  failure: { status: number | null; error: string; message: string; retryAfter?: number | null },
+  baseUrl: string = chatUrl(),
+): ChatAdvice {
+  const retryAfter = failure.retryAfter ?? null
+  const detail = `${failure.status ?? 'no answer'} ${failure.error}: ${failure.message}`
+  switch (failure.error) {
+    case 'network_error':
+      return {
+        message: "Couldn't reach the chat service. Check your connection, then try again.",
+        // A browser reports a refused origin exactly like a service that is down.
+        detail: `No answer from ${baseUrl} (${failure.message}): it may be down, or it does not allow this site's origin.`,
+        action: 'retry',
+        retryAfter: null,
+      }
+    case 'rate_limited':
+      return { message: "You've reached the message limit for now.", detail: null, action: 'wait', retryAfter }
+    case 'missing_token':
+    case 'invalid_token':
+    case 'insufficient_scope':
+      return { message: 'Your session expired. Sign in again to keep chatting.', detail, action: 'sign_in', retryAfter: null }
+    case 'anonymous_not_allowed':
+      return { message: 'Guests cannot chat here. Create an account or sign in.', detail, action: 'sign_in', retryAfter: null }
+    case 'unavailable':
+      return {
+        message: "The assistant isn't available right now. Try again in a moment.",
+        detail,
+        action: 'retry',
+        retryAfter,
+      }
+    case 'upstream_error':
+      return { message: "The assistant couldn't answer this time.", detail, action: 'retry', retryAfter: null }
+    case 'invalid_body':
+    case 'payload_too_large':
+      return {
+        message: 'That message cannot be sent: it is empty or longer than 4,000 characters.',
+        detail,
+        action: 'none',
+        retryAfter: null,
+      }
+    case 'not_found':
+      return { message: 'That conversation no longer exists.', detail, action: 'none', retryAfter: null }
+    case 'aborted':
+      return { message: 'Cancelled.', detail: null, action: 'none', retryAfter: null }
+    default:
+      return { message: 'Something went wrong on our side. Try again in a moment.', detail, action: 'retry', retryAfter: null }
+  }
+}
+
+async function getJson(accessToken: string, path: string, options: ReadOptions): Promise<ChatRead<unknown>> {
   const base = (options.baseUrl ?? chatUrl()).replace(/\/+$/, '')
+  let response: Response
   try {
-    const response = await fetch(`${base}${path}`, {
+    response = await fetch(`${base}${path}`, {
       headers: { Accept: 'application/json', Authorization: `Bearer ${accessToken}` },
       signal: options.signal,
       credentials: 'omit',
       cache: 'no-store',
     })
-    return response.ok ? await response.json() : null
-  } catch {
-    return null
+  } catch (err) {
+    if (options.signal?.aborted) return { ok: false, status: null, error: 'aborted', message: 'cancelled' }
+    return { ok: false, status: null, error: 'network_error', message: err instanceof Error ? err.message : String(err) }
   }
+  let body: unknown = null
+  try {
+    body = await response.json()
+  } catch {
+    body = null
+  }
+  if (response.ok) return { ok: true, data: body }
+  const error =
+    typeof body === 'object' && body !== null && 'error' in body && typeof body.error === 'string'
+      ? body.error
+      : 'unexpected_response'
+  const message =
+    typeof body === 'object' && body !== null && 'message' in body && typeof body.message === 'string'
+      ? body.message
+      : `HTTP ${response.status}`
+  return { ok: false, status: response.status, error, message }
 }

@@ -108,59 +108,84 @@ export function isServiceErrorCode(value: unknown): value is ServiceErrorCode {
   return typeof value === 'string' && (SERVICE_ERROR_CODES as readonly string[]).includes(value)
 }
 
-/** What a user should read, and what they can do about it. */
+/** What a person should read, and what they can do about it. */
 export type ErrorAdvice = {
+  /** One or two sentences in the person's words, no codes or jargon. */
   message: string
-  /** 'sign_in': show a link to /login. 'retry': offer to try again. */
+  /**
+   * The technical cause, for whoever debugs it (shown in small print under `message`,
+   * or only logged); null when `message` says it all.
+   */
+  detail: string | null
+  /** 'sign_in': show a link to /login. 'retry': offer to try again. 'fix_input': let them edit. */
   action: 'sign_in' | 'retry' | 'fix_input' | 'none'
 }
 
-/** Turns any failure into a sentence for people, not a status code. */
+/** Turns any failure into words for people, plus the technical detail apart. */
 export function describeFailure(failure: ServiceFailure, baseUrl: string = serviceUrl()): ErrorAdvice {
   if (failure.kind === 'client') {
     switch (failure.error) {
       case 'network_error':
         return {
-          message:
-            `Could not reach the service at ${baseUrl}. It may be down, or it refused this page's ` +
-            `origin (CORS: its CORS_ALLOWED_ORIGINS must include this site's origin).`,
+          message: "Couldn't reach the service. Check your connection, then try again.",
+          // A browser reports a refused origin exactly like a service that is down.
+          detail:
+            `No answer from ${baseUrl} (${failure.message}): it may be down, or it does not allow ` +
+            `this site's origin (its CORS_ALLOWED_ORIGINS must include it).`,
           action: 'retry',
         }
       case 'timeout':
-        return { message: `The service at ${baseUrl} did not answer in time. Try again later.`, action: 'retry' }
+        return {
+          message: 'The service is taking too long to answer. Try again in a moment.',
+          detail: `${baseUrl}: ${failure.message}`,
+          action: 'retry',
+        }
       case 'aborted':
-        return { message: 'The request was cancelled.', action: 'none' }
+        return { message: 'The request was cancelled.', detail: null, action: 'none' }
       case 'unexpected_response':
         return {
-          message: `The service sent an unexpected answer${failure.status ? ` (HTTP ${failure.status})` : ''}.`,
+          message: 'Something went wrong on our side. Try again in a moment.',
+          detail: `Unexpected answer${failure.status ? ` (HTTP ${failure.status})` : ''}: ${failure.message}`,
           action: 'retry',
         }
     }
   }
+  const technical = `${failure.status} ${failure.error}: ${failure.message}`
   switch (failure.error) {
     case 'missing_token':
     case 'invalid_token':
     case 'insufficient_scope':
-      return { message: 'Your session expired, sign in again.', action: 'sign_in' }
+      return { message: 'Your session expired, sign in again.', detail: technical, action: 'sign_in' }
     case 'profile_not_found':
-      return { message: 'No profile yet: your account has no row in public.users.', action: 'none' }
+      return {
+        message:
+          "No profile yet. You are signed in, but your account's profile has not been set up. " +
+          'If you have just signed up, try again in a moment.',
+        detail: `No public.users row for this account (${technical}).`,
+        action: 'retry',
+      }
     case 'unavailable':
       return {
         message:
-          'The service is unavailable, try again later' +
-          (failure.retryAfter ? ` (in about ${failure.retryAfter} s).` : '.'),
+          'The service is unavailable right now. Try again' +
+          (failure.retryAfter ? ` in about ${failure.retryAfter} s.` : ' in a moment.'),
+        detail: technical,
         action: 'retry',
       }
     case 'invalid_body':
-      return { message: `That name was not accepted: ${failure.message}`, action: 'fix_input' }
+      return {
+        message: 'That name was not accepted. Use at most 200 characters, on one line.',
+        detail: technical,
+        action: 'fix_input',
+      }
     case 'payload_too_large':
-      return { message: 'That name is far too long.', action: 'fix_input' }
+      return { message: 'That name is far too long.', detail: technical, action: 'fix_input' }
     case 'unsupported_media_type':
-      return { message: 'The request was not sent as JSON (a bug in this client).', action: 'none' }
     case 'invalid_request':
     case 'not_found':
     case 'method_not_allowed':
-      return { message: `The service rejected the request: ${failure.message}`, action: 'none' }
+      // The app sent something the service does not take: a bug here, not the person's doing.
+      return { message: 'Something went wrong on our side.', detail: technical, action: 'none' }
   }
 }
 

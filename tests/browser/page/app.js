@@ -34,6 +34,7 @@ async function main() {
       status: result.status,
       action: advice.action,
       detail: result.message,
+      why: advice.detail,
     })
   }
 }

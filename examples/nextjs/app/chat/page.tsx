@@ -1,6 +1,10 @@
+import type { Metadata } from 'next'
 import { redirect } from 'next/navigation'
 import ChatPanel from '@/components/chat-panel'
+import SiteHeader from '@/components/site-header'
 import { createClient } from '@/utils/supabase/server'
+
+export const metadata: Metadata = { title: 'Chat' }
 
 // The chat page (examples/chat on the service side). Signed-out visitors go to
 // /login; the panel itself talks to the chat service from the browser with the
@@ -12,12 +16,12 @@ export default async function ChatPage() {
     redirect('/login')
   }
   return (
-    <main>
-      <h1>Chat</h1>
-      <p className="muted">
-        Signed in as <strong>{data.user.email ?? data.user.id}</strong> · <a href="/">Profile</a>
-      </p>
-      <ChatPanel />
-    </main>
+    <>
+      <SiteHeader email={data.user.email ?? data.user.id} current="chat" />
+      <main className="chat-page">
+        <h1>Chat</h1>
+        <ChatPanel />
+      </main>
+    </>
   )
 }
