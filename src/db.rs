@@ -135,7 +135,7 @@ impl Db {
     /// Begins a transaction acting as `claims`' user on Postgres, exactly as the
     /// [`Tx`](crate::Tx) extractor does (one round trip; see the [module docs](self)), for work
     /// outside a request's handler. End it with [`DbTx::commit`] or [`DbTx::rollback`]. On
-    /// the embedded store it is [`DbError::WrongStore`]: see [`begin_sqlite`](Self::begin_sqlite).
+    /// the embedded store it is [`DbError::WrongStore`]: see `begin_sqlite` (feature `sqlite`).
     pub async fn begin_as(&self, claims: &Claims) -> Result<DbTx, DbError> {
         let open = self.open::<sqlx::Postgres>(Some(claims), true).await?;
         Ok(DbTx::new(open, self.timeout()))

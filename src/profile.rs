@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::auth::Claims;
 use crate::db::pg::read::CallerRead;
-use crate::db::{Caller, Db, Store, timed};
+use crate::db::{Caller, Db, DbError, Store, timed};
 use crate::error::ApiError;
 
 /// A row of `public.users`: the service's own profile, what `GET /name` and `GET /me` answer.
@@ -144,7 +144,7 @@ impl Profile for UserRow {
     }
 }
 
-async fn read_user_row(claims: &Claims, db: &Db) -> Result<Option<UserRow>, crate::DbError> {
+async fn read_user_row(claims: &Claims, db: &Db) -> Result<Option<UserRow>, DbError> {
     timed("profile", async {
         match db.store() {
             Store::Postgres(pg) => {
@@ -152,14 +152,14 @@ async fn read_user_row(claims: &Claims, db: &Db) -> Result<Option<UserRow>, crat
                 let row = pg.read(&caller, &PROFILE).await?;
                 row.map(|row| UserRow::from_row(&row))
                     .transpose()
-                    .map_err(crate::DbError::unavailable)
+                    .map_err(DbError::unavailable)
             }
             #[cfg(feature = "sqlite")]
             Store::Sqlite(sqlite) => sqlx::query_as(SQLITE_PROFILE)
                 .bind(claims.sub.to_string())
                 .fetch_optional(sqlite.pool())
                 .await
-                .map_err(crate::DbError::unavailable),
+                .map_err(DbError::unavailable),
         }
     })
     .await

@@ -153,7 +153,7 @@ pub const DEMO_USER: &str = "5f1c2b8e-1d2a-4c3b-9e4f-0a1b2c3d4e5f";
 ///     .database_url("postgres://postgres:pw@127.0.0.1:5432/postgres")
 ///     .jwt_secret(SECRET)
 ///     .build()?;
-/// assert_eq!(config.jwt_secret.as_ref().map(|s| s.expose()), Some(SECRET));
+/// assert_eq!(config.auth.jwt_secret.as_ref().map(|s| s.expose()), Some(SECRET));
 /// # Ok::<(), supabase_jwt_service::ConfigError>(())
 /// ```
 pub const SECRET: &str = "test-secret-for-the-api-suite-0123456789abcdef";

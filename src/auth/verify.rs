@@ -406,7 +406,7 @@ mod tests {
     const STANDBY_Y: &str = "S_QGmzOAvInnH0EU-b-vWMrvi3cItXC4Dr1yR-IsRnQ";
 
     fn verifier() -> (Verifier, Arc<KeySet>) {
-        let config = crate::Config::builder()
+        let config = crate::config::Config::builder()
             .database_url("postgres://unused@127.0.0.1:1/unused")
             .jwt_secret(SECRET)
             .build()

@@ -14,7 +14,7 @@ use super::pg::{self, Lease};
 use crate::telemetry::server_timing;
 
 /// A database a caller's transaction can run on: [`sqlx::Postgres`] (row-level security, the
-/// production store) and, with the `sqlite` feature, [`sqlx::Sqlite`] (the embedded store, no
+/// production store) and, with the `sqlite` feature, `sqlx::Sqlite` (the embedded store, no
 /// row-level security). Implemented by the crate only.
 pub trait Backend: sqlx::Database + sealed::Sealed {
     /// `postgres` or `sqlite`.
