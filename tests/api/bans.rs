@@ -22,10 +22,8 @@ async fn ban(db: &TestDb, user: Uuid, seconds: Option<f64>) {
 }
 
 async fn app(db: &TestDb, session_check: &str, rls: &str) -> TestApp {
-    let (session_check, rls) = (session_check.to_owned(), rls.to_owned());
-    TestApp::spawn(config_with(&db.url, move |raw| {
-        raw.session_check = Some(session_check);
-        raw.db_rls = Some(rls);
+    TestApp::spawn(config_with(&db.url, |b| {
+        b.var("SESSION_CHECK", session_check).var("DB_RLS", rls)
     }))
     .await
 }

@@ -30,8 +30,8 @@ async fn authenticated_answers_are_never_cacheable_whatever_their_status() {
     let db = TestDb::new().await;
     let user = Uuid::new_v4();
     db.seed_user(user, Some("Ada")).await;
-    let config = config_with(&db.url, |r| {
-        r.cors_allowed_origins = Some("https://app.example.com".into());
+    let config = config_with(&db.url, |b| {
+        b.cors_allowed_origins(["https://app.example.com"])
     });
     let app = TestApp::spawn(config).await;
     let token = token_for(user);

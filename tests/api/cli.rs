@@ -94,6 +94,18 @@ impl Server {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Where its metrics listener listens, from the "metrics listening" log line (waits for
+    /// it, bounded): start it with `METRICS_ADDR=127.0.0.1:0`.
+    pub(crate) fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.wait_for_log("metrics listening");
+        self.logs()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|v| v["message"] == "metrics listening")
+            .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()))
+            .unwrap_or_else(|| panic!("no address in the metrics log line: {}", self.logs()))
+    }
+
     /// The process id, to read its `/proc/<pid>/status`.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()

@@ -177,8 +177,8 @@ async fn wrong_issuer_is_invalid_token_when_issuer_configured() {
     let db = TestDb::new().await;
     let user = Uuid::new_v4();
     db.seed_user(user, Some("Ada")).await;
-    let app = TestApp::spawn(config_with(&db.url, |r| {
-        r.jwt_issuer = Some("https://abcd.supabase.co/auth/v1".into())
+    let app = TestApp::spawn(config_with(&db.url, |b| {
+        b.issuer("https://abcd.supabase.co/auth/v1")
     }))
     .await;
     let mut c = claims(user);
@@ -246,7 +246,7 @@ async fn unreachable_store_is_a_fast_503_with_retry_after() {
     // Nothing listens on port 1: connections are refused at once.
     let app = TestApp::spawn(config_with(
         "postgres://postgres@127.0.0.1:1/postgres",
-        |_| {},
+        |b| b,
     ))
     .await;
     let started = Instant::now();

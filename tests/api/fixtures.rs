@@ -15,9 +15,8 @@ async fn pyjwt_fixture_tokens_get_the_answers_the_contract_names() {
 
     let db = TestDb::new().await;
     db.seed_user(user, Some("Fixture User")).await;
-    let app = TestApp::spawn(config_with(&db.url, |r| {
-        r.supabase_jwt_secret = Some(secret.into());
-        r.jwt_issuer = Some(issuer.into());
+    let app = TestApp::spawn(config_with(&db.url, |b| {
+        b.jwt_secret(secret).issuer(issuer)
     }))
     .await;
 

@@ -33,8 +33,7 @@ async fn migrated_with_broad_default_privileges() -> TestDb {
     .execute(&db.pool)
     .await
     .expect("broad default privileges");
-    let url = supabase_jwt_service::config::DatabaseUrl::parse("DATABASE_URL", &db.url).unwrap();
-    supabase_jwt_service::run_migrations(&url)
+    supabase_jwt_service::db::migrate(&pg_config(&db.url).db)
         .await
         .expect("migrate");
     db

@@ -1,5 +1,7 @@
 //! The happy path on both stores, CORS, and readiness.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -130,18 +132,50 @@ async fn health_and_readiness_on_a_healthy_store() {
 #[tokio::test]
 async fn readiness_turns_503_once_shutdown_begins() {
     let dir = tempfile::tempdir().unwrap();
-    let app = TestApp::spawn(sqlite_config(dir.path())).await;
+    let mut app = TestApp::spawn(sqlite_config(dir.path())).await;
     assert_eq!(app.get("/readyz").await.status(), 200);
-    app.state.shutdown.begin();
-    assert_error(app.get("/readyz").await, 503, "unavailable").await;
-    assert_eq!(app.get("/healthz").await.status(), 200);
+    // Probes half sent when shutdown begins: the server still answers them while it drains.
+    let mut ready = half_sent_get(&app, "/readyz").await;
+    let mut live = half_sent_get(&app, "/healthz").await;
+    // Accepted before the listener closes.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.begin_shutdown().await;
+    let ready = finish_get(&mut ready).await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains(r#""error":"unavailable""#), "{ready}");
+    let live = finish_get(&mut live).await;
+    assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+}
+
+/// A connection that has sent `GET path` without the blank line that ends the head.
+async fn half_sent_get(app: &TestApp, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Ends the head `half_sent_get` began and reads the answer to the end.
+async fn finish_get(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"Connection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]
 async fn cors_allows_configured_origins_only() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = sqlite_config(dir.path());
-    config.cors_origins = vec!["http://localhost:3000".parse().unwrap()];
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let config = config_with(&url, |b| b.cors_allowed_origins(["http://localhost:3000"]));
     let app = TestApp::spawn(config).await;
 
     let preflight = |origin: &'static str| {
@@ -228,10 +262,10 @@ async fn verified_tokens_are_cached_and_bad_ones_are_not() {
     for _ in 0..3 {
         assert_eq!(app.get_with_token("/name", &token).await.status(), 200);
     }
-    assert_eq!(app.state.verifier.cache().len(), 1);
+    assert_eq!(app.state.verifier().cached_tokens(), 1);
     let bad = sign_with(&claims(demo), "another-secret-of-sufficient-length-0123456");
     assert_eq!(app.get_with_token("/name", &bad).await.status(), 401);
-    assert_eq!(app.state.verifier.cache().len(), 1);
+    assert_eq!(app.state.verifier().cached_tokens(), 1);
 }
 
 #[tokio::test]
@@ -247,14 +281,13 @@ async fn optional_extractors_are_none_only_without_a_header() {
     }
 
     let dir = tempfile::tempdir().unwrap();
-    let state = supabase_jwt_service::build_state(sqlite_config(dir.path()))
+    let state = supabase_jwt_service::AppState::build(sqlite_config(dir.path()))
         .await
         .unwrap();
-    let app = supabase_jwt_service::router(state.clone()).merge(
-        Router::new()
-            .route("/whoami", get(whoami))
-            .with_state(state),
-    );
+    let app = supabase_jwt_service::App::new(state)
+        .with_profile_routes()
+        .merge(Router::new().route("/whoami", get(whoami)))
+        .into_router();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -4,16 +4,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, ConnectOptions};
-use supabase_jwt_service::config::{Config, DatabaseUrl, RawConfig};
+use supabase_jwt_service::auth::Verifier;
+use supabase_jwt_service::config::{Config, ConfigBuilder};
 // The test kit's own: the tests use what a library user's tests use.
 pub use supabase_jwt_service::testing::{DEMO_USER, SECRET, hs256_sign as sign_with};
-use supabase_jwt_service::{AppState, Claims, PgStore, ShutdownFlag, Verifier, build_state, serve};
+use supabase_jwt_service::{AccessToken, App, AppState, Claims, StartError, serve};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -58,8 +58,7 @@ impl TestDb {
     /// Creates and migrates a database named after a random UUID.
     pub async fn new() -> Self {
         let db = Self::empty().await;
-        let url = DatabaseUrl::parse("DATABASE_URL", &db.url).expect("url");
-        supabase_jwt_service::run_migrations(&url)
+        supabase_jwt_service::db::migrate(&pg_config(&db.url).db)
             .await
             .expect("migrate");
         db
@@ -125,22 +124,15 @@ impl TestDb {
 
 /// A test configuration for a Postgres URL, HS256 with [`SECRET`], RLS on (the default).
 pub fn pg_config(url: &str) -> Config {
-    Config::for_tests(url, SECRET).expect("config")
+    config_with(url, |b| b)
 }
 
-/// Builds a configuration from raw settings layered on the test defaults.
-pub fn config_with(url: &str, mutate: impl FnOnce(&mut RawConfig)) -> Config {
-    let mut raw = RawConfig {
-        host: Some("127.0.0.1".into()),
-        port: Some("0".into()),
-        database_url: Some(url.into()),
-        supabase_jwt_secret: Some(SECRET.into()),
-        metrics_addr: Some("off".into()),
-        log_format: Some("json".into()),
-        ..RawConfig::default()
-    };
-    mutate(&mut raw);
-    Config::from_raw(&raw, false).expect("config")
+/// The test kit's configuration (HS256 with [`SECRET`], 127.0.0.1:0, no metrics listener,
+/// JSON logs) for the database at `url`, with whatever `mutate` sets on top.
+pub fn config_with(url: &str, mutate: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Config {
+    mutate(supabase_jwt_service::testing::config().database_url(url))
+        .build()
+        .expect("config")
 }
 
 /// A real server on 127.0.0.1:0 serving the library's router.
@@ -152,22 +144,28 @@ pub struct TestApp {
     /// The app's state (store, verifier, config).
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<std::io::Result<()>>>,
+    handle: Option<JoinHandle<Result<(), StartError>>>,
 }
 
 impl TestApp {
-    /// Builds the state for `config` and serves it.
+    /// Builds the state for `config` and serves it with the profile routes, as the binary does.
     pub async fn spawn(config: Config) -> Self {
-        let state = build_state(config).await.expect("build state");
+        let state = AppState::build(config).await.expect("build state");
         Self::spawn_state(state).await
     }
 
-    /// Serves an already built state.
+    /// Serves an already built state with the profile routes, as the binary does.
     pub async fn spawn_state(state: AppState) -> Self {
+        Self::spawn_app(App::new(state).with_profile_routes()).await
+    }
+
+    /// Serves `app` as it is.
+    pub async fn spawn_app(app: App) -> Self {
+        let state = app.state().clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(serve(listener, state.clone(), async move {
+        let handle = tokio::spawn(serve(listener, app, async move {
             let _ = rx.await;
         }));
         Self {
@@ -201,6 +199,22 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// Triggers graceful shutdown and returns once the server has begun it: `/readyz` turned
+    /// 503 and new connections are refused (the listener is closed right after).
+    pub async fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still accepting 5 s after shutdown"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Triggers graceful shutdown and waits for the server to stop.
@@ -287,7 +301,7 @@ pub async fn assert_invalid_token(response: reqwest::Response) {
 
 /// A SQLite config in `dir`.
 pub fn sqlite_config(dir: &std::path::Path) -> Config {
-    Config::for_tests(&format!("sqlite://{}/t.db", dir.display()), SECRET).expect("config")
+    config_with(&format!("sqlite://{}/t.db", dir.display()), |b| b)
 }
 
 impl TestDb {
@@ -341,25 +355,13 @@ pub fn claims_in_session(user: Uuid, session: Uuid) -> Value {
 
 /// The verified [`Claims`] of `token` under `config`, as a handler would receive them.
 pub async fn verified(config: &Config, token: &str) -> Claims {
-    Verifier::new(config, None)
+    Verifier::new(&config.auth, None)
         .verify(token)
         .await
         .expect("token verifies")
 }
 
 impl TestApp {
-    /// Serves `config` over an already built Postgres store, so the test keeps the store (and
-    /// its pool) to look at what the requests left behind.
-    pub async fn spawn_over(config: Config, store: PgStore) -> Self {
-        let state = AppState {
-            verifier: Arc::new(Verifier::new(&config, None)),
-            config: Arc::new(config),
-            store: Arc::new(store),
-            shutdown: ShutdownFlag::default(),
-        };
-        Self::spawn_state(state).await
-    }
-
     /// `PUT /name` with a bearer token and a JSON body.
     pub async fn put_name(&self, token: &str, body: &Value) -> reqwest::Response {
         self.client
@@ -378,6 +380,8 @@ pub struct PrivatePg {
     /// Its loopback port.
     pub port: u16,
     frozen: Vec<u32>,
+    /// Server options beyond the defaults, on every start.
+    options: String,
 }
 
 fn pg_command(program: &str) -> Command {
@@ -407,6 +411,16 @@ fn check(cmd: &mut Command) {
 impl PrivatePg {
     /// Creates and starts a cluster on a free loopback port.
     pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    /// A cluster that logs every statement, each line prefixed with `[application] [pid] `:
+    /// what the service sent, on which backend, read from outside with [`Self::statements`].
+    pub fn start_logging_statements() -> Self {
+        Self::start_with("-c log_statement=all -c log_line_prefix='[%a] [%p] '")
+    }
+
+    fn start_with(options: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("sjs-pg").tempdir().unwrap();
         // The server runs as an unprivileged user when the tests run as root.
         let _ = Command::new("chmod")
@@ -430,6 +444,7 @@ impl PrivatePg {
             dir,
             port,
             frozen: Vec::new(),
+            options: options.to_owned(),
         };
         pg.pg_ctl_start();
         pg
@@ -440,6 +455,29 @@ impl PrivatePg {
         self.dir.path().join("data")
     }
 
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("pg.log")).unwrap_or_default()
+    }
+
+    /// The statements `application` sent so far, in order, as `(backend pid, text)`: a simple
+    /// query's whole text, or `execute <name>: <query>` for a named or unnamed statement of
+    /// the extended protocol. Needs [`Self::start_logging_statements`].
+    pub fn statements(&self, application: &str) -> Vec<(u32, String)> {
+        let prefix = format!("[{application}] [");
+        self.log()
+            .lines()
+            .filter_map(|line| {
+                let (pid, rest) = line.strip_prefix(&prefix)?.split_once("] ")?;
+                let text = rest.strip_prefix("LOG:  statement: ").or_else(|| {
+                    rest.strip_prefix("LOG:  ")
+                        .filter(|r| r.starts_with("execute "))
+                })?;
+                Some((pid.parse().ok()?, text.to_owned()))
+            })
+            .collect()
+    }
+
     /// Superuser URL of its `postgres` database.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
@@ -448,9 +486,10 @@ impl PrivatePg {
     /// Starts (or restarts) the server.
     pub fn pg_ctl_start(&self) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.options
         );
         let log = self.dir.path().join("pg.log");
         check(pg_command("pg_ctl").args([
@@ -527,13 +566,14 @@ impl Drop for PrivatePg {
 /// A token for the demo profile minted by the service's own `mint`, valid for `ttl_seconds`
 /// (negative: already expired).
 pub fn mint_demo_token(config: &Config, ttl_seconds: i64) -> String {
-    let request = supabase_jwt_service::mint::MintRequest {
-        sub: supabase_jwt_service::auth::UserId::parse(DEMO_USER).expect("uuid"),
-        email: None,
-        role: "authenticated".into(),
-        ttl_seconds,
+    let demo = supabase_jwt_service::UserId::parse(DEMO_USER).expect("uuid");
+    let ttl = Duration::from_secs(ttl_seconds.unsigned_abs());
+    let token = if ttl_seconds < 0 {
+        AccessToken::for_user(demo).expired(ttl)
+    } else {
+        AccessToken::for_user(demo).ttl(ttl)
     };
-    supabase_jwt_service::mint::mint(config, &request).expect("mint")
+    token.sign(&config.auth).expect("mint")
 }
 
 /// `target/<profile>/examples/<name>`, next to this test binary's `deps/` folder: the tests of

@@ -11,11 +11,12 @@ use crate::helpers::*;
 /// The embedded store with short connection bounds, so the tests do not wait for long.
 async fn app_with(
     dir: &std::path::Path,
-    mutate: impl FnOnce(&mut supabase_jwt_service::Config),
+    mutate: impl FnOnce(
+        supabase_jwt_service::config::ConfigBuilder,
+    ) -> supabase_jwt_service::config::ConfigBuilder,
 ) -> TestApp {
-    let mut config = sqlite_config(dir);
-    mutate(&mut config);
-    TestApp::spawn(config).await
+    let url = format!("sqlite://{}/t.db", dir.display());
+    TestApp::spawn(config_with(&url, mutate)).await
 }
 
 /// Reads until the server closes the connection (or `limit` passes); returns what came back.
@@ -53,7 +54,7 @@ async fn exchange(app: &TestApp, request: &[u8]) -> String {
 async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_with(dir.path(), |c| {
-        c.header_read_timeout = Duration::from_secs(1)
+        c.header_read_timeout(Duration::from_secs(1))
     })
     .await;
 
@@ -101,7 +102,7 @@ async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
 async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_with(dir.path(), |c| {
-        c.header_read_timeout = Duration::from_secs(1)
+        c.header_read_timeout(Duration::from_secs(1))
     })
     .await;
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
@@ -117,7 +118,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() 
 #[tokio::test]
 async fn oversized_request_heads_get_431() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_with(dir.path(), |_| {}).await;
+    let app = app_with(dir.path(), |c| c).await;
 
     let big = "a".repeat(20 * 1024);
     let answer = exchange(
@@ -150,7 +151,7 @@ async fn oversized_request_heads_get_431() {
 #[tokio::test]
 async fn request_bodies_are_bounded_whatever_the_framing() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_with(dir.path(), |_| {}).await;
+    let app = app_with(dir.path(), |c| c).await;
     let token = token_for(DEMO_USER.parse().unwrap());
 
     // Announces 100 MB and sends none of it: refused without waiting for the body.
@@ -193,7 +194,7 @@ async fn request_bodies_are_bounded_whatever_the_framing() {
 #[tokio::test]
 async fn a_body_trickled_in_is_bounded_by_the_request_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_with(dir.path(), |c| c.request_timeout = Duration::from_secs(2)).await;
+    let app = app_with(dir.path(), |c| c.request_timeout(Duration::from_secs(2))).await;
     let token = token_for(DEMO_USER.parse().unwrap());
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
     stream
@@ -227,7 +228,7 @@ async fn a_body_trickled_in_is_bounded_by_the_request_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_idle_connections_do_not_starve_active_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let app = app_with(dir.path(), |_| {}).await;
+    let app = app_with(dir.path(), |c| c).await;
     let token = token_for(DEMO_USER.parse().unwrap());
 
     // 500 connections that never finish a request: half silent, half mid-header.
@@ -271,8 +272,8 @@ async fn many_idle_connections_do_not_starve_active_ones() {
 async fn connections_past_the_cap_wait_for_a_slot_and_are_then_served() {
     let dir = tempfile::tempdir().unwrap();
     let app = app_with(dir.path(), |c| {
-        c.http_max_connections = 4;
-        c.header_read_timeout = Duration::from_secs(1);
+        c.http_max_connections(4)
+            .header_read_timeout(Duration::from_secs(1))
     })
     .await;
 

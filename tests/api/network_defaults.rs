@@ -7,7 +7,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use supabase_jwt_service::config::{LOCAL_DEFAULTS_ON_NETWORK_VAR, LOCAL_STACK_JWT_SECRET};
+use supabase_jwt_service::config::LOCAL_STACK_JWT_SECRET;
+
+const LOCAL_DEFAULTS_ON_NETWORK_VAR: &str = "INSECURE_LOCAL_DEFAULTS_ON_NETWORK";
 
 use crate::cli::{Server, bin};
 use crate::helpers::*;
