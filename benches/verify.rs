@@ -11,8 +11,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use supabase_jwt_service::Config;
 use supabase_jwt_service::auth::AuthError;
+use supabase_jwt_service::auth::KeySet;
 use supabase_jwt_service::auth::Verifier;
-use supabase_jwt_service::auth::jwks::KeySet;
 
 const SECRET: &str = "bench-secret-for-hs256-0123456789abcdefgh";
 const ISSUER: &str = "http://127.0.0.1:54321/auth/v1";

@@ -5,7 +5,7 @@
 pub(crate) mod bearer;
 mod cache;
 mod claims;
-pub mod jwks;
+mod jwks;
 mod verify;
 
 pub use claims::{Claims, UserId};

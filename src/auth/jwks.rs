@@ -4,7 +4,7 @@
 //! - Readers look a `kid` up in an immutable snapshot (`Arc<Keys>`); the `RwLock` around it is
 //!   held only long enough to clone that `Arc`. A new snapshot is built completely, then swapped.
 //! - One background task per key set does every fetch: on a schedule taken from the answer's
-//!   `Cache-Control` (at most [`MAX_CACHE`], at least [`MIN_REFRESH`]), after failures with a
+//!   `Cache-Control` (at most [`MAX_CACHE`](freshness::MAX_CACHE), at least [`MIN_REFRESH`](freshness::MIN_REFRESH)), after failures with a
 //!   short backoff, on [`KeySet::refresh`], and when a reader meets an unknown `kid`.
 //!   Fetches therefore never run two at a time, and a reader whose request is cancelled cannot
 //!   cancel a fetch other readers wait on.
@@ -17,7 +17,7 @@
 //!   has succeeded yet, or the latest failed, an outage ([`AuthError::KeySetUnavailable`], 503).
 //!   The `kid` is chosen by whoever sent the token, so it is never the reason for a 5xx: Supabase
 //!   publishes a standby key long before it signs with it, and the set is refreshed at least every
-//!   [`MAX_CACHE`], so a `kid` the latest good fetch lacks is almost always a bad token.
+//!   [`MAX_CACHE`](freshness::MAX_CACHE), so a `kid` the latest good fetch lacks is almost always a bad token.
 //! - A failed fetch keeps the last good snapshot serving.
 
 use std::collections::HashMap;
@@ -41,8 +41,7 @@ mod refresher;
 
 pub use error::KeySetError;
 
-pub use freshness::{MAX_CACHE, MIN_REFRESH};
-pub use jwk::VerifyingKey;
+pub(crate) use jwk::VerifyingKey;
 use jwk::{log_skipped, parse_jwk_set};
 use refresher::{MAX_BODY_BYTES, refresher};
 
@@ -50,7 +49,7 @@ use refresher::{MAX_BODY_BYTES, refresher};
 const TARGET: &str = "supabase_jwt_service::jwks";
 
 /// At most one refetch per this interval is caused by tokens with unknown `kid`s.
-pub const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
+pub(crate) const UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(30);
 /// Upper bound on a reader's wait for a fetch: one fetch and some slack.
 const WAIT_LIMIT: Duration = Duration::from_secs(12);
 
@@ -126,7 +125,7 @@ impl KeySet {
         Self::with_cooldown(url, client, UNKNOWN_KID_COOLDOWN)
     }
 
-    /// [`KeySet::new`] with another unknown-`kid` cooldown than [`UNKNOWN_KID_COOLDOWN`]: for
+    /// [`KeySet::new`] with another unknown-`kid` cooldown than its 30 s: for
     /// tests, or an identity server that can take more (or fewer) refetches.
     pub fn with_cooldown(url: Url, client: reqwest::Client, cooldown: Duration) -> Arc<Self> {
         let (tx, rx) = watch::channel(Status::default());
@@ -197,7 +196,7 @@ impl KeySet {
     /// answers at once. A `kid` still unknown after a successful latest fetch is
     /// [`AuthError::UnknownKid`]; when no fetch has succeeded yet, or the latest failed, it is
     /// [`AuthError::KeySetUnavailable`].
-    pub async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, AuthError> {
+    pub(crate) async fn key(&self, kid: &str) -> Result<Arc<VerifyingKey>, AuthError> {
         if let Some(key) = self.lookup(kid) {
             return Ok(key);
         }
@@ -247,7 +246,7 @@ impl KeySet {
     /// The thumbprint of the current key named `kid` (no fetch). The token cache compares it on
     /// every hit, so a token verified by material the set no longer holds under that `kid` is
     /// verified afresh.
-    pub fn thumbprint(&self, kid: &str) -> Option<Thumbprint> {
+    pub(crate) fn thumbprint(&self, kid: &str) -> Option<Thumbprint> {
         self.current
             .read()
             .unwrap_or_else(PoisonError::into_inner)

@@ -230,7 +230,7 @@ impl ConfigBuilder {
 
     /// Any setting by its variable's name and a value written as in the environment, e.g.
     /// `.var("DB_TIMEOUT_SECONDS", "1.5")`: for settings read from a file of your own. A name
-    /// that is not in [`VARIABLES`](super::VARIABLES) is an error at [`build`](Self::build).
+    /// that is not in [`VARIABLES`] is an error at [`build`](Self::build).
     pub fn var(mut self, name: &str, value: &str) -> Self {
         let value = value.trim();
         if value.is_empty() {

@@ -6,9 +6,9 @@ use std::time::Duration;
 use reqwest::header::{AGE, CACHE_CONTROL, HeaderMap};
 
 /// The longest a fetched key set is used before it is refetched (the contract's 10 minutes).
-pub const MAX_CACHE: Duration = Duration::from_secs(600);
+pub(crate) const MAX_CACHE: Duration = Duration::from_secs(600);
 /// The shortest interval between scheduled refreshes, whatever `Cache-Control` says.
-pub const MIN_REFRESH: Duration = Duration::from_secs(30);
+pub(crate) const MIN_REFRESH: Duration = Duration::from_secs(30);
 
 /// How long after a successful fetch the next one happens: a tenth before the copy expires,
 /// so a slow fetch still lands in time, never later than [`MAX_CACHE`] allows, and never more

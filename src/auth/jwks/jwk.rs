@@ -34,7 +34,7 @@ const B64URL: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// One verifying key from the key set, with the one algorithm it may verify.
-pub struct VerifyingKey {
+pub(crate) struct VerifyingKey {
     /// The only algorithm this key verifies, decided from its `kty`/`crv`/`alg`.
     pub alg: Algorithm,
     /// The key material.

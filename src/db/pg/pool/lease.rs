@@ -88,7 +88,7 @@ impl Shared {
     }
 }
 
-/// A connection borrowed from a [`ConnPool`]; dereferences to the [`PgConnection`].
+/// A connection borrowed from a [`ConnPool`](super::ConnPool); dereferences to the [`PgConnection`].
 ///
 /// Call [`release`](Self::release) once the work finished without error. Dropping the lease
 /// instead drains the connection before reuse (cancelling a statement still running), or
@@ -126,14 +126,14 @@ impl Lease {
         self.conn.as_ref().and_then(|c| c.prepared_read)
     }
 
-    /// Whether [`PoolSettings::session_limits`] hold on this connection: it proved direct at
+    /// Whether [`PoolSettings::session_limits`](super::PoolSettings::session_limits) hold on this connection: it proved direct at
     /// connect, so its own statements are bounded on the server without per-message settings.
     pub(crate) fn has_session_limits(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| c.session_limited)
     }
 
     /// Whether this connection runs with sqlx's statement cache on (see
-    /// [`PoolSettings::direct_statement_cache`]): plain `sqlx::query`s on it are prepared once
+    /// [`PoolSettings::direct_statement_cache`](super::PoolSettings::direct_statement_cache)): plain `sqlx::query`s on it are prepared once
     /// and reused, as sqlx does by default.
     pub(crate) fn has_statement_cache(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| c.statement_cache)

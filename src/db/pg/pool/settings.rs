@@ -43,7 +43,7 @@ pub(crate) struct PoolSettings {
     /// example `set statement_timeout = 2700; set lock_timeout = 2700`. A pooler in front would
     /// lend the session to other clients along with those settings, so any other connection
     /// gets none of them, and its work carries transaction-local bounds instead (see
-    /// [`Lease::has_session_limits`]). Needs `cancel_abandoned`, which reads the port.
+    /// [`Lease::has_session_limits`](super::Lease::has_session_limits)). Needs `cancel_abandoned`, which reads the port.
     pub(crate) session_limits: Option<String>,
     /// sqlx's statement cache size for connections opened once the server proved direct (an
     /// earlier connection of this pool found it listening on the port connected to). The
