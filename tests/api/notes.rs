@@ -11,7 +11,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::{Value, json};
-use supabase_jwt_service::{ApiError, App, AppState, Claims, Db, Tx, build_state, serve};
+use supabase_jwt_service::config::ConfigBuilder;
+use supabase_jwt_service::{ApiError, App, AppState, Claims, Tx, serve};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -21,7 +22,7 @@ use crate::helpers::{
 };
 
 /// The example's own migration, applied by the in-process tests the way the example does.
-const NOTES_SQL: &str = include_str!("../../examples/notes/postgres.sql");
+const NOTES_SQL: &str = include_str!("../../examples/notes/migrations/20261202000001_notes.sql");
 
 /// The example running as its own process, on an address it picked (port 0).
 struct Notes {
@@ -462,37 +463,36 @@ async fn count_notes(db: &TestDb, body: &str) -> i64 {
 fn probe_routes() -> Router<AppState> {
     async fn unfiltered(mut tx: Tx) -> Result<axum::Json<Vec<String>>, ApiError> {
         let owners = sqlx::query_scalar("select owner::text from public.notes")
-            .fetch_all(tx.pg()?)
+            .fetch_all(&mut tx)
             .await?;
         Ok(axum::Json(owners))
     }
     async fn whoami(mut tx: Tx) -> Result<axum::Json<Value>, ApiError> {
         let (role, uid): (String, Option<String>) =
             sqlx::query_as("select current_user::text, auth.uid()::text")
-                .fetch_one(tx.pg()?)
+                .fetch_one(&mut tx)
                 .await?;
         Ok(axum::Json(json!({"role": role, "uid": uid})))
     }
+    // What the connection the pool lends next carries: read in a transaction as the service
+    // itself, which switches no role, so a role left behind by an earlier request shows. (The
+    // claims do not: every way in sets `request.jwt.claims` for its own transaction first.)
     async fn plain(
         axum::extract::State(state): axum::extract::State<AppState>,
     ) -> Result<axum::Json<Value>, ApiError> {
-        let Some(Db::Postgres(pg)) = state.store.db() else {
-            return Err(ApiError::Internal);
-        };
-        let mut lease = pg.acquire().await?;
-        let (role, claims): (String, Option<String>) = sqlx::query_as(
-            "select current_user::text, nullif(current_setting('request.jwt.claims', true), '')",
-        )
-        .fetch_one(&mut *lease)
-        .await?;
-        lease.release();
-        Ok(axum::Json(json!({"role": role, "claims": claims})))
+        let mut tx = state.db().begin_as_service().await?;
+        let (role, setting): (String, String) =
+            sqlx::query_as("select current_user::text, current_setting('role')")
+                .fetch_one(&mut tx)
+                .await?;
+        tx.rollback().await?;
+        Ok(axum::Json(json!({"role": role, "role_setting": setting})))
     }
     async fn insert_then_panic(claims: Claims, mut tx: Tx) -> StatusCode {
         let inserted =
             sqlx::query("insert into public.notes (owner, body) values ($1, 'from a panic')")
                 .bind(claims.sub.uuid())
-                .execute(tx.pg().expect("postgres"))
+                .execute(&mut tx)
                 .await;
         assert!(inserted.is_ok());
         panic!("handler bug after a write");
@@ -500,7 +500,7 @@ fn probe_routes() -> Router<AppState> {
     async fn insert_then_fail(claims: Claims, mut tx: Tx) -> Result<StatusCode, ApiError> {
         sqlx::query("insert into public.notes (owner, body) values ($1, 'from an error')")
             .bind(claims.sub.uuid())
-            .execute(tx.pg()?)
+            .execute(&mut tx)
             .await?;
         Err(ApiError::custom(
             StatusCode::CONFLICT,
@@ -511,14 +511,14 @@ fn probe_routes() -> Router<AppState> {
     async fn insert_then_succeed(claims: Claims, mut tx: Tx) -> Result<StatusCode, ApiError> {
         sqlx::query("insert into public.notes (owner, body) values ($1, 'from a success')")
             .bind(claims.sub.uuid())
-            .execute(tx.pg()?)
+            .execute(&mut tx)
             .await?;
         Ok(StatusCode::CREATED)
     }
     async fn commit_then_fail(claims: Claims, mut tx: Tx) -> Result<StatusCode, ApiError> {
         sqlx::query("insert into public.notes (owner, body) values ($1, 'committed first')")
             .bind(claims.sub.uuid())
-            .execute(tx.pg()?)
+            .execute(&mut tx)
             .await?;
         tx.commit().await?;
         Err(ApiError::custom(
@@ -528,7 +528,7 @@ fn probe_routes() -> Router<AppState> {
         ))
     }
     async fn slow(mut tx: Tx) -> Result<StatusCode, ApiError> {
-        sqlx::query("select pg_sleep(30)").execute(tx.pg()?).await?;
+        sqlx::query("select pg_sleep(30)").execute(&mut tx).await?;
         Ok(StatusCode::OK)
     }
     Router::new()
@@ -542,22 +542,16 @@ fn probe_routes() -> Router<AppState> {
         .route("/slow", get(slow))
 }
 
-async fn probe_app(
-    db: &TestDb,
-    mutate: impl FnOnce(&mut supabase_jwt_service::config::RawConfig),
-) -> Served {
-    let config = config_with(&db.url, |raw| {
-        raw.db_max_connections = Some("1".into());
-        mutate(raw);
-    });
-    let state = build_state(config).await.expect("state");
+async fn probe_app(db: &TestDb, mutate: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Served {
+    let config = config_with(&db.url, |b| mutate(b.db_max_connections(1)));
+    let state = AppState::build(config).await.expect("state");
     Served::start(App::new(state).merge(probe_routes())).await
 }
 
 #[tokio::test]
 async fn tx_sees_only_the_callers_rows_without_an_owner_filter() {
     let (db, alice, bob) = notes_db().await;
-    let app = probe_app(&db, |_| {}).await;
+    let app = probe_app(&db, |b| b).await;
     for (user, expected) in [(alice, 2), (bob, 1)] {
         let r = app.get("/unfiltered", &token_for(user)).await;
         assert_eq!(r.status(), 200);
@@ -576,7 +570,7 @@ async fn tx_sees_only_the_callers_rows_without_an_owner_filter() {
 #[tokio::test]
 async fn tx_panic_answers_json_500_rolls_back_and_leaks_nothing_to_the_next_request() {
     let (db, alice, bob) = notes_db().await;
-    let app = probe_app(&db, |_| {}).await;
+    let app = probe_app(&db, |b| b).await;
     let r = app.get("/panic", &token_for(alice)).await;
     crate::helpers::assert_error(r, 500, "internal").await;
     assert_eq!(
@@ -585,6 +579,7 @@ async fn tx_panic_answers_json_500_rolls_back_and_leaks_nothing_to_the_next_requ
         "the write was rolled back"
     );
     // One connection in the pool: the next requests use the one the panic left.
+    assert_eq!(backends_in_transaction(&db).await, 0);
     let plain: Value = app
         .get("/plain", &token_for(bob))
         .await
@@ -592,7 +587,7 @@ async fn tx_panic_answers_json_500_rolls_back_and_leaks_nothing_to_the_next_requ
         .await
         .expect("json");
     assert_ne!(plain["role"], "authenticated", "{plain}");
-    assert_eq!(plain["claims"], Value::Null, "{plain}");
+    assert_eq!(plain["role_setting"], "none", "{plain}");
     let me: Value = app
         .get("/whoami", &token_for(bob))
         .await
@@ -606,7 +601,7 @@ async fn tx_panic_answers_json_500_rolls_back_and_leaks_nothing_to_the_next_requ
 #[tokio::test]
 async fn tx_commits_on_2xx_and_rolls_back_on_an_error_answer() {
     let (db, alice, _) = notes_db().await;
-    let app = probe_app(&db, |_| {}).await;
+    let app = probe_app(&db, |b| b).await;
     let token = token_for(alice);
     crate::helpers::assert_error(app.get("/fail", &token).await, 409, "note_locked").await;
     assert_eq!(count_notes(&db, "from an error").await, 0);
@@ -628,7 +623,7 @@ async fn tx_refuses_an_ended_session_when_session_check_is_on() {
     db.seed_auth_user_only(alice).await;
     let session = Uuid::new_v4();
     db.seed_session(session, alice, None).await;
-    let app = probe_app(&db, |raw| raw.session_check = Some("on".into())).await;
+    let app = probe_app(&db, |b| b.session_check(true)).await;
     let token = sign(&claims_in_session(alice, session));
     assert_eq!(app.get("/unfiltered", &token).await.status(), 200);
     db.end_session(session).await;
@@ -639,9 +634,9 @@ async fn tx_refuses_an_ended_session_when_session_check_is_on() {
 #[tokio::test]
 async fn tx_statement_is_cut_off_by_the_server_within_db_timeout() {
     let (db, alice, _) = notes_db().await;
-    let app = probe_app(&db, |raw| {
-        raw.db_timeout_seconds = Some("1".into());
-        raw.request_timeout_seconds = Some("20".into());
+    let app = probe_app(&db, |b| {
+        b.db_timeout(Duration::from_secs(1))
+            .request_timeout(Duration::from_secs(20))
     })
     .await;
     let started = Instant::now();
@@ -672,7 +667,7 @@ struct Account {
     visible_rows: i64,
 }
 
-impl supabase_jwt_service::auth::Profile for Account {
+impl supabase_jwt_service::Profile for Account {
     const SELECT: &'static str = "select full_name, current_user::text as runs_as, \
          (select count(*) from public.users) as visible_rows from public.users where id = $1";
     const SQLITE_SELECT: &'static str =
@@ -691,8 +686,8 @@ async fn valid_user_loads_a_profile_type_of_the_users_own_as_the_caller() {
     let (alice, bob, nobody) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     db.seed_user(alice, Some("Alice")).await;
     db.seed_user(bob, Some("Bob")).await;
-    let config = config_with(&db.url, |raw| raw.db_max_connections = Some("1".into()));
-    let state = build_state(config).await.expect("state");
+    let config = config_with(&db.url, |b| b.db_max_connections(1));
+    let state = AppState::build(config).await.expect("state");
     let routes: Router<AppState> = Router::new().route("/account", get(account));
     let app = Served::start(App::new(state).with_profile_routes().merge(routes)).await;
 
@@ -727,18 +722,18 @@ async fn tx_waits_at_most_db_timeout_for_a_connection_then_503() {
     let hold = move |mut tx: Tx| {
         let (release, held) = (r2.clone(), h2.clone());
         async move {
-            sqlx::query("select 1").execute(tx.pg()?).await?;
+            sqlx::query("select 1").execute(&mut tx).await?;
             held.notify_one();
             release.notified().await;
             Ok::<_, ApiError>(StatusCode::NO_CONTENT)
         }
     };
-    let config = config_with(&db.url, |raw| {
-        raw.db_max_connections = Some("1".into());
-        raw.db_timeout_seconds = Some("1".into());
-        raw.request_timeout_seconds = Some("30".into());
+    let config = config_with(&db.url, |b| {
+        b.db_max_connections(1)
+            .db_timeout(Duration::from_secs(1))
+            .request_timeout(Duration::from_secs(30))
     });
-    let state = build_state(config).await.expect("state");
+    let state = AppState::build(config).await.expect("state");
     let routes = probe_routes().route("/hold", get(hold));
     let app = Served::start(App::new(state).merge(routes)).await;
 
@@ -775,7 +770,7 @@ async fn tx_waits_at_most_db_timeout_for_a_connection_then_503() {
     assert_eq!(app.get("/unfiltered", &token_for(bob)).await.status(), 200);
 }
 
-/// Routes that take a `UserTx` from the state, as work outside the `Tx` extractor does.
+/// Routes that begin a `DbTx` on the state's database, as work outside the `Tx` extractor does.
 fn user_tx_routes() -> Router<AppState> {
     use axum::extract::State;
 
@@ -783,14 +778,14 @@ fn user_tx_routes() -> Router<AppState> {
         State(state): State<AppState>,
         claims: Claims,
     ) -> Result<axum::Json<Value>, ApiError> {
-        let mut tx = state.db()?.begin_as(&claims).await?;
+        let mut tx = state.db().begin_as(&claims).await?;
         let (role, uid): (String, Option<String>) =
             sqlx::query_as("select current_user::text, auth.uid()::text")
-                .fetch_one(tx.pg()?)
+                .fetch_one(&mut tx)
                 .await?;
         sqlx::query("insert into public.notes (owner, body) values ($1, 'user tx committed')")
             .bind(claims.sub.uuid())
-            .execute(tx.pg()?)
+            .execute(&mut tx)
             .await?;
         tx.commit().await?;
         Ok(axum::Json(json!({"role": role, "uid": uid})))
@@ -799,23 +794,23 @@ fn user_tx_routes() -> Router<AppState> {
         State(state): State<AppState>,
         claims: Claims,
     ) -> Result<StatusCode, ApiError> {
-        let mut tx = state.db()?.begin_as(&claims).await?;
+        let mut tx = state.db().begin_as(&claims).await?;
         sqlx::query("insert into public.notes (owner, body) values ($1, 'user tx dropped')")
             .bind(claims.sub.uuid())
-            .execute(tx.pg()?)
+            .execute(&mut tx)
             .await?;
-        // Neither committed nor rolled back, and the answer is 2xx: nothing settles a UserTx.
+        // Neither committed nor rolled back, and the answer is 2xx: nothing settles a DbTx.
         drop(tx);
         Ok(StatusCode::OK)
     }
     async fn later(State(state): State<AppState>, claims: Claims) -> Result<StatusCode, ApiError> {
-        let db = state.db()?;
+        let db = state.db().clone();
         tokio::spawn(async move {
             // After the answer went out, as the chat stores a streamed turn.
             tokio::time::sleep(Duration::from_millis(100)).await;
             let mut tx = db.begin_as(&claims).await.expect("begin as the caller");
             sqlx::query("insert into public.notes (body) values ('user tx later')")
-                .execute(tx.pg().expect("postgres"))
+                .execute(&mut tx)
                 .await
                 .expect("insert, owner from auth.uid()");
             tx.commit().await.expect("commit");
@@ -832,8 +827,8 @@ fn user_tx_routes() -> Router<AppState> {
 async fn user_tx_runs_as_the_caller_outside_the_request_and_a_dropped_one_is_never_reused() {
     let (db, alice, bob) = notes_db().await;
     // One connection: every request below reuses whatever the previous one left.
-    let config = config_with(&db.url, |raw| raw.db_max_connections = Some("1".into()));
-    let state = build_state(config).await.expect("state");
+    let config = config_with(&db.url, |b| b.db_max_connections(1));
+    let state = AppState::build(config).await.expect("state");
     let app = Served::start(
         App::new(state)
             .merge(probe_routes())
@@ -862,7 +857,7 @@ async fn user_tx_runs_as_the_caller_outside_the_request_and_a_dropped_one_is_nev
     assert_eq!(
         count_notes(&db, "user tx dropped").await,
         0,
-        "a dropped UserTx rolls back"
+        "a dropped DbTx rolls back"
     );
     let plain: Value = app
         .get("/plain", &token_for(bob))
@@ -871,7 +866,7 @@ async fn user_tx_runs_as_the_caller_outside_the_request_and_a_dropped_one_is_nev
         .await
         .expect("json");
     assert_ne!(plain["role"], "authenticated", "{plain}");
-    assert_eq!(plain["claims"], Value::Null, "{plain}");
+    assert_eq!(plain["role_setting"], "none", "{plain}");
 
     assert_eq!(
         app.get("/user-tx/later", &token_for(bob)).await.status(),
@@ -903,16 +898,122 @@ async fn user_tx_refuses_an_ended_session_when_session_check_is_on() {
     db.seed_auth_user_only(alice).await;
     let session = Uuid::new_v4();
     db.seed_session(session, alice, None).await;
-    let config = config_with(&db.url, |raw| {
-        raw.db_max_connections = Some("1".into());
-        raw.session_check = Some("on".into());
-    });
-    let state = build_state(config).await.expect("state");
+    let config = config_with(&db.url, |b| b.db_max_connections(1).session_check(true));
+    let state = AppState::build(config).await.expect("state");
     let app = Served::start(App::new(state).merge(user_tx_routes())).await;
     let token = sign(&claims_in_session(alice, session));
     assert_eq!(app.get("/user-tx/commit", &token).await.status(), 200);
     db.end_session(session).await;
     crate::helpers::assert_invalid_token(app.get("/user-tx/commit", &token).await).await;
     assert_eq!(count_notes(&db, "user tx committed").await, 1);
+    assert_eq!(backends_in_transaction(&db).await, 0);
+}
+
+/// Backends of the service on `db`, whatever their state.
+async fn service_backends(db: &TestDb) -> i64 {
+    sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where datname = current_database() \
+         and application_name = 'supabase-jwt-service'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// Opens a `POST /notes` that announces 100 bytes of body and sends 4, then keeps the socket
+/// open until the server closes it, and starts over, until `stop`. One valid token is all the
+/// attacker needs (an anonymous sign-in gives one).
+async fn slow_body_attacker(
+    addr: SocketAddr,
+    token: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    while !*stop.borrow() {
+        let Ok(mut socket) = tokio::net::TcpStream::connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let head = format!(
+            "POST /notes HTTP/1.1\r\nHost: notes\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"bo"
+        );
+        if socket.write_all(head.as_bytes()).await.is_err() {
+            continue;
+        }
+        let mut stop = stop.clone();
+        let mut sink = [0u8; 512];
+        // Until the server answers or closes, or the test ends.
+        tokio::select! {
+            _ = socket.read(&mut sink) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// Issue 17, item 6: ten connections that each send a `POST /notes` head and 4 of 100 bytes,
+/// again whenever the server gives up on them, used to hold every pooled connection (a `Tx`
+/// began when the head was read): another user's `GET /notes` got 503 and `/readyz` 503. Now
+/// the caller's transaction begins on first use, after the body: the other user's requests
+/// all succeed and the server never holds more backends than the pool.
+#[tokio::test]
+async fn a_slow_request_body_never_holds_a_pooled_connection() {
+    let (db, alice, bob) = notes_db().await;
+    let notes = Notes::start(&[
+        ("DATABASE_URL", &db.url),
+        ("DB_MAX_CONNECTIONS", "10"),
+        ("REQUEST_TIMEOUT_SECONDS", "10"),
+    ]);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let attackers: Vec<_> = (0..10)
+        .map(|_| {
+            tokio::spawn(slow_body_attacker(
+                notes.addr,
+                token_for(alice),
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    // Let every attacker's head arrive first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let (mut ok, mut failed, mut most_backends) = (0, Vec::new(), 0);
+    let until = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < until {
+        let r = client()
+            .get(notes.url("/notes"))
+            .bearer_auth(token_for(bob))
+            .send()
+            .await
+            .expect("request");
+        match r.status().as_u16() {
+            200 => ok += 1,
+            other => failed.push(other),
+        }
+        most_backends = most_backends.max(service_backends(&db).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready = client()
+        .get(notes.url("/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    let _ = stop.send(true);
+    for attacker in attackers {
+        let _ = attacker.await;
+    }
+    eprintln!(
+        "slow bodies: {ok} x 200, {} other {failed:?}, at most {most_backends} backends",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "the other user got {failed:?} ({ok} x 200)"
+    );
+    assert_eq!(ready.status(), 200, "/readyz under the attack");
+    assert!(
+        most_backends <= 11,
+        "{most_backends} backends for a pool of 10"
+    );
     assert_eq!(backends_in_transaction(&db).await, 0);
 }

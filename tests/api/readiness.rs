@@ -1,59 +1,53 @@
 //! `/readyz` needs no token, so a flood of it must not cost the pool the connections real
 //! requests need: one store probe at a time, a healthy result reused for about a second.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use supabase_jwt_service::auth::Claims;
-use supabase_jwt_service::store::{PoolStats, StoreFuture, UserRow};
-use supabase_jwt_service::{AppState, UserStore, build_state};
 use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// The real Postgres store, counting the probes it is asked for: what the database sees of
-/// `/readyz` (each ping is one pooled round trip).
-struct CountingPings {
-    inner: Arc<dyn UserStore>,
-    pings: AtomicUsize,
-}
-
-impl UserStore for CountingPings {
-    fn profile<'a>(&'a self, claims: &'a Claims) -> StoreFuture<'a, Option<UserRow>> {
-        self.inner.profile(claims)
-    }
-    fn set_full_name<'a>(
-        &'a self,
-        claims: &'a Claims,
-        full_name: Option<&'a str>,
-    ) -> StoreFuture<'a, Option<UserRow>> {
-        self.inner.set_full_name(claims, full_name)
-    }
-    fn ping(&self) -> StoreFuture<'_, ()> {
-        self.pings.fetch_add(1, Ordering::SeqCst);
-        self.inner.ping()
-    }
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn pool_stats(&self) -> Option<PoolStats> {
-        self.inner.pool_stats()
-    }
+/// The store probes the service sent so far, as the server logged them: each `/readyz` ping
+/// is one `select 1` (each ping is one pooled round trip).
+fn pings_logged(pg: &PrivatePg) -> usize {
+    pg.statements("supabase-jwt-service")
+        .iter()
+        .filter(|(_, text)| text == "select 1")
+        .count()
 }
 
 #[tokio::test]
 async fn a_flood_of_readyz_probes_the_store_once_a_second_and_leaves_name_its_pool() {
-    let db = TestDb::new().await;
+    // A cluster of the test's own, whose log holds only this test's statements.
+    let pg = tokio::task::spawn_blocking(PrivatePg::start_logging_statements)
+        .await
+        .unwrap();
+    let url = pg.url();
+    supabase_jwt_service::db::migrate(&pg_config(&url).db)
+        .await
+        .expect("migrate");
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
     let user = Uuid::new_v4();
-    db.seed_user(user, Some("Ada")).await;
-    let config = config_with(&db.url, |r| r.db_max_connections = Some("2".into()));
-    let mut state: AppState = build_state(config).await.expect("state");
-    let counting = Arc::new(CountingPings {
-        inner: state.store.clone(),
-        pings: AtomicUsize::new(0),
-    });
-    state.store = counting.clone();
+    sqlx::query("insert into auth.users (id) values ($1)")
+        .bind(user)
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("insert into public.users (id, full_name) values ($1, 'Ada')")
+        .bind(user)
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let before = pings_logged(&pg);
+    let config = config_with(&url, |b| b.db_max_connections(2));
+    let state = supabase_jwt_service::AppState::build(config)
+        .await
+        .expect("state");
     let app = TestApp::spawn_state(state).await;
     assert_eq!(app.get("/readyz").await.status(), 200);
 
@@ -77,7 +71,10 @@ async fn a_flood_of_readyz_probes_the_store_once_a_second_and_leaves_name_its_po
         }
     }
     let elapsed = started.elapsed();
-    let pings = counting.pings.load(Ordering::SeqCst);
+    // The log is written as the server goes: give the last lines a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pings = pings_logged(&pg) - before;
+    assert!(pings >= 1, "no probe in the server log: {}", pg.log());
     eprintln!(
         "readyz flood: 500 requests in {elapsed:?}, {ready} answered 200, store probed {pings} times (1 before); /name {name_statuses:?}"
     );

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use supabase_jwt_service::PgStore;
+use supabase_jwt_service::{AppState, Db};
 use uuid::Uuid;
 
 use crate::cli::{Server, bin};
@@ -102,29 +102,30 @@ async fn the_listening_line_and_migrate_mask_every_password_form() {
 }
 
 #[tokio::test]
-async fn debug_of_store_pool_lease_and_transaction_shows_no_password() {
+async fn debug_of_db_transactions_config_and_state_shows_no_password() {
     let db = TestDb::new().await;
     for in_query in [false, true] {
         let config = pg_config(&with_password(&db.url, in_query));
-        let store = PgStore::connect_lazy(&config).expect("store");
+        let store = Db::connect(&config.db).await.expect("store");
         let claims = verified(&config, &token_for(Uuid::new_v4())).await;
         let tx = store.begin_as(&claims).await.expect("transaction");
-        let lease = store.acquire().await.expect("lease");
+        let service = store.begin_as_service().await.expect("transaction");
         let shown = [
             format!("{store:?}"),
-            format!("{:?}", store.pool()),
-            format!("{lease:?}"),
             format!("{tx:?}"),
+            format!("{service:?}"),
             format!("{config:?}"),
+            format!("{:?}", config.db),
+            format!("{:?}", config.db.url),
         ];
         for text in &shown {
             assert!(!text.contains("hunter2"), "{text}");
         }
         assert!(shown[0].contains("127.0.0.1"), "{}", shown[0]);
         tx.rollback().await.expect("rollback");
-        drop(lease);
+        service.rollback().await.expect("rollback");
     }
-    let state = supabase_jwt_service::build_state(pg_config(&with_password(&db.url, true)))
+    let state = AppState::build(pg_config(&with_password(&db.url, true)))
         .await
         .expect("state");
     let shown = format!("{state:?}");

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use supabase_jwt_service::config::LogFormat;
 use supabase_jwt_service::testing::{DEMO_USER, SECRET};
-use supabase_jwt_service::{Config, build_state, serve, telemetry};
+use supabase_jwt_service::{App, AppState, Config, serve, telemetry};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -68,12 +68,12 @@ async fn start() -> Running {
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let config =
-        Config::for_tests(&format!("sqlite://{}/t.db", dir.display()), SECRET).expect("config");
-    let state = build_state(config.clone()).await.expect("state");
+    let config = crate::helpers::config_with(&format!("sqlite://{}/t.db", dir.display()), |b| b);
+    let state = AppState::build(config.clone()).await.expect("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
-    tokio::spawn(serve(listener, state, std::future::pending()));
+    let app = App::new(state).with_profile_routes();
+    tokio::spawn(serve(listener, app, std::future::pending()));
     Running {
         base: format!("http://{addr}"),
         config,
@@ -208,14 +208,15 @@ async fn server_timing_is_sent_only_when_switched_on() {
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut config =
-        Config::for_tests(&format!("sqlite://{}/t.db", dir.display()), SECRET).expect("config");
-    config.server_timing = true;
+    let config = crate::helpers::config_with(&format!("sqlite://{}/t.db", dir.display()), |b| {
+        b.server_timing(true)
+    });
     let good = token(&config, 3600);
-    let state = build_state(config).await.expect("state");
+    let state = AppState::build(config).await.expect("state");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(serve(listener, state, std::future::pending()));
+    let app = App::new(state).with_profile_routes();
+    tokio::spawn(serve(listener, app, std::future::pending()));
 
     let timed = reqwest::Client::new()
         .get(format!("http://{addr}/name"))

@@ -1,4 +1,4 @@
-//! Row-level security and sessions on the real Postgres: what `PgStore::begin_as` sets, that the
+//! Row-level security and sessions on the real Postgres: what `Db::begin_as` sets, that the
 //! policies (not the queries' `where`) keep users apart, that nothing outlives a request, and
 //! that `SESSION_CHECK=on` makes a logout take effect at once.
 
@@ -6,60 +6,81 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::Row;
-use supabase_jwt_service::config::Config;
-use supabase_jwt_service::{Claims, PgStore};
+use supabase_jwt_service::config::{Config, ConfigBuilder};
+use supabase_jwt_service::{AppState, Claims, Db, Profile, StartError, UserRow};
 use uuid::Uuid;
 
 use crate::helpers::*;
 
-/// A store over `config` with a single connection, so every check after a request sees the
+/// A configuration with a single pooled connection, so every check after a request sees the
 /// very connection that request used.
 fn one_connection_config(
     db: &TestDb,
-    mutate: impl FnOnce(&mut supabase_jwt_service::config::RawConfig),
+    mutate: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
 ) -> Config {
-    config_with(&db.url, |raw| {
-        raw.db_max_connections = Some("1".into());
-        mutate(raw);
-    })
+    config_with(&db.url, |b| mutate(b.db_max_connections(1)))
 }
 
-/// What a connection carries between requests: `(current_user, role, request.jwt.claims)`.
-async fn connection_context(store: &PgStore) -> (String, String, String) {
-    let mut conn = store.acquire().await.unwrap();
-    let row = sqlx::query(
-        "select current_user::text, current_setting('role'), \
-         coalesce(current_setting('request.jwt.claims', true), '')",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
-    conn.release();
-    (row.get(0), row.get(1), row.get(2))
+/// What a pooled connection carries between requests: `(current_user, role, backends of the
+/// service left inside a transaction)`. The first two are read on the connection the pool
+/// lends next, in a transaction as the service itself (no role switch: a role left behind
+/// shows); the third is counted from outside, in `pg_stat_activity`. (The caller's claims are
+/// not among them: every way in through the public API sets `request.jwt.claims` for its own
+/// transaction first, so none can read what a connection carried before.)
+async fn connection_context(test_db: &TestDb, db: &Db) -> (String, String, i64) {
+    let in_transaction = service_backends_in_transaction(test_db).await;
+    let mut tx = db.begin_as_service().await.unwrap();
+    let row = sqlx::query("select current_user::text, current_setting('role')")
+        .fetch_one(&mut tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    (row.get(0), row.get(1), in_transaction)
+}
+
+/// The service's backends on `db` that sit inside a transaction, as the server sees them. A
+/// connection the service closed takes its backend a moment to notice: allowed 1 s, well
+/// under the 3 s `idle_in_transaction_session_timeout` that would end a leaked one anyway.
+async fn service_backends_in_transaction(db: &TestDb) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity where datname = current_database() \
+             and application_name = 'supabase-jwt-service' and state like 'idle in transaction%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if n == 0 || std::time::Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Ada (with Bob and Cy) in `db`, her verified claims, and a store over a single connection.
-async fn ada_on_one_connection(db: &TestDb) -> (PgStore, Claims) {
+async fn ada_on_one_connection(db: &TestDb) -> (Db, Claims) {
     let [ada, ..] = three_users(db).await;
-    let config = one_connection_config(db, |_| {});
-    let store = PgStore::connect_lazy(&config).unwrap();
+    let config = one_connection_config(db, |b| b);
+    let store = Db::connect(&config.db).await.unwrap();
     let claims = verified(&config, &token_for(ada)).await;
     (store, claims)
 }
 
-/// One value, read on a connection the store lends (and takes back).
-async fn one_value<T>(store: &PgStore, sql: &'static str) -> T
+/// One value, read on the connection the pool lends next (in a transaction as the service
+/// itself, rolled back).
+async fn one_value<T>(store: &Db, sql: &'static str) -> T
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
 {
-    let mut conn = store.acquire().await.unwrap();
-    let value = sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap();
-    conn.release();
+    let mut tx = store.begin_as_service().await.unwrap();
+    let value = sqlx::query_scalar(sql).fetch_one(&mut tx).await.unwrap();
+    tx.rollback().await.unwrap();
     value
 }
 
 /// The server process behind the store's (single) pooled connection.
-async fn backend_pid(store: &PgStore) -> i32 {
+async fn backend_pid(store: &Db) -> i32 {
     one_value(store, "select pg_backend_pid()").await
 }
 
@@ -73,8 +94,8 @@ async fn give_up_while_frozen<T>(backend: i32, work: impl std::future::Future<Ou
 }
 
 /// The defaults of a connection as the superuser the tests connect as.
-fn defaults() -> (String, String, String) {
-    ("postgres".into(), "none".into(), String::new())
+fn defaults() -> (String, String, i64) {
+    ("postgres".into(), "none".into(), 0)
 }
 
 async fn three_users(db: &TestDb) -> [Uuid; 3] {
@@ -90,16 +111,16 @@ async fn rls_policy_hides_other_users_rows_even_without_a_where() {
     let db = TestDb::new().await;
     let [ada, ..] = three_users(&db).await;
     let config = pg_config(&db.url);
-    let store = PgStore::connect_lazy(&config).unwrap();
+    let store = Db::connect(&config.db).await.unwrap();
     let claims = verified(&config, &token_for(ada)).await;
 
     let mut tx = store.begin_as(&claims).await.unwrap();
     let count: i64 = sqlx::query_scalar("select count(*) from public.users")
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await
         .unwrap();
     let ids: Vec<Uuid> = sqlx::query_scalar("select id from public.users")
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -117,13 +138,13 @@ async fn rls_begin_as_sets_auth_uid_jwt_and_role_from_the_token() {
     let db = TestDb::new().await;
     let [ada, ..] = three_users(&db).await;
     let config = pg_config(&db.url);
-    let store = PgStore::connect_lazy(&config).unwrap();
+    let store = Db::connect(&config.db).await.unwrap();
     let claims = verified(&config, &token_for(ada)).await;
 
     let mut tx = store.begin_as(&claims).await.unwrap();
     let row =
         sqlx::query("select auth.uid(), auth.jwt() ->> 'email', auth.role(), current_user::text")
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut tx)
             .await
             .unwrap();
     tx.rollback().await.unwrap();
@@ -146,7 +167,7 @@ async fn rls_claims_reach_the_database_intact_whatever_characters_they_hold() {
     let db = TestDb::new().await;
     let [ada, ..] = three_users(&db).await;
     let config = pg_config(&db.url);
-    let store = PgStore::connect_lazy(&config).unwrap();
+    let store = Db::connect(&config.db).await.unwrap();
     let mut payload = claims(ada);
     payload["user_metadata"] = json!({
         "name": "O'Brien \\' \\\\ '' $$ $claims$ \"quoted\"",
@@ -158,7 +179,7 @@ async fn rls_claims_reach_the_database_intact_whatever_characters_they_hold() {
 
     let mut tx = store.begin_as(&claims).await.unwrap();
     let jwt: Value = sqlx::query_scalar("select auth.jwt()::json")
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await
         .unwrap();
     tx.rollback().await.unwrap();
@@ -178,7 +199,7 @@ async fn rls_context_ends_with_the_transaction() {
         .commit()
         .await
         .unwrap();
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
     store
         .begin_as(&claims)
         .await
@@ -186,9 +207,9 @@ async fn rls_context_ends_with_the_transaction() {
         .rollback()
         .await
         .unwrap();
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
     drop(store.begin_as(&claims).await.unwrap());
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
 }
 
 #[tokio::test]
@@ -198,26 +219,27 @@ async fn rls_connection_is_back_to_defaults_after_every_kind_of_answer() {
     let (ada_session, bob_session) = (Uuid::new_v4(), Uuid::new_v4());
     db.seed_session(ada_session, ada, None).await;
     db.seed_session(bob_session, bob, Some(-60.0)).await;
-    let config = one_connection_config(&db, |raw| raw.session_check = Some("on".into()));
-    let store = PgStore::connect_lazy(&config).unwrap();
-    let app = TestApp::spawn_over(config, store.clone()).await;
+    let config = one_connection_config(&db, |b| b.session_check(true));
+    let app = TestApp::spawn(config).await;
+    // The app's own pool: the checks below see the connection the requests used.
+    let store = app.state.db().clone();
     let ada_token = sign(&claims_in_session(ada, ada_session));
 
     let r = app.get_with_token("/name", &ada_token).await;
     assert_eq!(r.status(), 200);
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
 
     let r = app
         .put_name(&ada_token, &json!({"full_name": "Ada K"}))
         .await;
     assert_eq!(r.status(), 200);
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
 
     let bob_token = sign(&claims_in_session(bob, bob_session));
     assert_invalid_token(app.get_with_token("/name", &bob_token).await).await;
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
     assert_invalid_token(app.put_name(&bob_token, &json!({"full_name": "x"})).await).await;
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
 
     let stranger = Uuid::new_v4();
     let stranger_session = Uuid::new_v4();
@@ -230,7 +252,7 @@ async fn rls_connection_is_back_to_defaults_after_every_kind_of_answer() {
         )
         .await;
     assert_error(r, 404, "profile_not_found").await;
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
 }
 
 #[tokio::test]
@@ -246,11 +268,15 @@ async fn rls_failed_role_switch_leaves_the_pooled_connection_usable() {
         .unwrap();
     let mut url = reqwest::Url::parse(&db.url).unwrap();
     url.set_username(&role).unwrap();
-    let config = one_connection_config(&db, |raw| raw.database_url = Some(url.to_string()));
-    let store = PgStore::connect_lazy(&config).unwrap();
+    let config = one_connection_config(&db, |b| b.database_url(url.as_str()));
+    let store = Db::connect(&config.db).await.unwrap();
     let claims = verified(&config, &token_for(ada)).await;
 
-    assert!(!store.can_switch_to_authenticated().await.unwrap());
+    // The start-up check sees it, naming DB_RLS.
+    match AppState::build(config.clone()).await {
+        Err(StartError::Config(e)) => assert_eq!(e.var, "DB_RLS", "{e}"),
+        other => panic!("the start-up role check let it pass: {other:?}"),
+    }
     assert!(store.begin_as(&claims).await.is_err());
     let who: String = one_value(&store, "select current_user::text").await;
     assert_eq!(who, role);
@@ -313,17 +339,17 @@ async fn rls_policy_and_grants_stop_writes_to_other_rows_at_the_database() {
     let db = TestDb::new().await;
     let [ada, bob, cy] = three_users(&db).await;
     let config = pg_config(&db.url);
-    let store = PgStore::connect_lazy(&config).unwrap();
+    let store = Db::connect(&config.db).await.unwrap();
     let claims = verified(&config, &token_for(ada)).await;
 
     let mut tx = store.begin_as(&claims).await.unwrap();
     let targeted = sqlx::query("update public.users set full_name = 'pwned' where id = $1")
         .bind(bob)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     let unfiltered = sqlx::query("update public.users set full_name = 'everyone'")
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -343,7 +369,7 @@ async fn rls_policy_and_grants_stop_writes_to_other_rows_at_the_database() {
     ] {
         let mut tx = store.begin_as(&claims).await.unwrap();
         let err = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .unwrap_err();
         let code = err
@@ -362,8 +388,8 @@ async fn rls_policy_and_grants_stop_writes_to_other_rows_at_the_database() {
 async fn rls_off_still_serves_and_updates_by_id() {
     let db = TestDb::new().await;
     let [ada, bob, cy] = three_users(&db).await;
-    let config = config_with(&db.url, |raw| raw.db_rls = Some("off".into()));
-    assert!(!config.db_rls);
+    let config = config_with(&db.url, |b| b.rls(false));
+    assert!(!config.db.rls);
     let app = TestApp::spawn(config).await;
 
     for (user, name) in [(ada, "Ada"), (bob, "Bob"), (cy, "Cy")] {
@@ -402,9 +428,8 @@ async fn get_name_statuses_under_a_hiding_policy(rls: &str, session_check: &str)
     .execute(&db.pool)
     .await
     .unwrap();
-    let config = one_connection_config(&db, |raw| {
-        raw.db_rls = Some(rls.into());
-        raw.session_check = Some(session_check.into());
+    let config = one_connection_config(&db, |b| {
+        b.var("DB_RLS", rls).var("SESSION_CHECK", session_check)
     });
     let app = TestApp::spawn(config).await;
     let mut statuses = Vec::new();
@@ -437,10 +462,8 @@ async fn rls_policies_decide_get_name_on_every_request() {
 
 /// An app with `SESSION_CHECK=on` (or off) and `DB_RLS` as given, over `db`.
 async fn session_app(db: &TestDb, session_check: bool, rls: bool) -> TestApp {
-    let on_off = |b: bool| Some(if b { "on" } else { "off" }.to_owned());
-    TestApp::spawn(config_with(&db.url, |raw| {
-        raw.session_check = on_off(session_check);
-        raw.db_rls = on_off(rls);
+    TestApp::spawn(config_with(&db.url, |b| {
+        b.session_check(session_check).rls(rls)
     }))
     .await
 }
@@ -588,7 +611,7 @@ async fn rls_context_is_not_left_behind_when_a_request_gives_up_during_begin() {
     let backend = backend_pid(&store).await;
     give_up_while_frozen(backend, store.begin_as(&claims)).await;
 
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
     // The pool never hands on a connection whose work was cut short: that backend ends
     // instead of idling inside the transaction, as the user.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -614,40 +637,35 @@ async fn rls_context_is_not_left_behind_when_a_request_gives_up_during_begin() {
 async fn rls_a_read_given_up_mid_flight_is_drained_then_reused_as_it_was() {
     // A read is one message with nothing left open after it, so the pool waits for its answer
     // and keeps the connection (no reconnect per disconnecting client) in its default state.
-    use supabase_jwt_service::UserStore;
+    // The built-in read, as `GET /name` and `ValidUser` run it.
     let db = TestDb::new().await;
     let (store, claims) = ada_on_one_connection(&db).await;
     let backend = backend_pid(&store).await;
-    give_up_while_frozen(backend, store.profile(&claims)).await;
+    give_up_while_frozen(backend, UserRow::load(&claims, &store)).await;
 
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
     assert_eq!(backend_pid(&store).await, backend);
-    let row = store.profile(&claims).await.unwrap().unwrap();
+    let row = UserRow::load(&claims, &store).await.unwrap().unwrap();
     assert_eq!(row.full_name.as_deref(), Some("Ada"));
 }
 
 #[tokio::test]
 async fn rls_a_connection_released_inside_a_transaction_is_closed_not_reused() {
-    // A route of one's own that releases its lease but forgets the commit: the pool must not
-    // hand the open transaction, acting as the user, to the next request.
+    // Work of one's own that drops its transaction, acting as the user, without a commit or
+    // a rollback: the pool must not hand it to the next request.
     let db = TestDb::new().await;
-    let (store, _) = ada_on_one_connection(&db).await;
-    let mut conn = store.acquire().await.unwrap();
-    conn.enter_transaction();
-    sqlx::raw_sql("select set_config('role', 'authenticated', true); begin")
-        .execute(&mut *conn)
-        .await
-        .unwrap();
+    let (store, claims) = ada_on_one_connection(&db).await;
+    let mut tx = store.begin_as(&claims).await.unwrap();
     let inside: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut tx)
         .await
         .unwrap();
-    conn.release();
+    drop(tx);
 
     assert_ne!(
         backend_pid(&store).await,
         inside,
         "released inside a transaction, yet reused"
     );
-    assert_eq!(connection_context(&store).await, defaults());
+    assert_eq!(connection_context(&db, &store).await, defaults());
 }

@@ -91,7 +91,7 @@ async fn four_thousand_fat_tokens_keep_the_service_under_64_mib() {
         "about 6 KiB of metadata: {metadata_bytes}"
     );
     assert!(
-        sample.len() <= supabase_jwt_service::auth::bearer::MAX_TOKEN_LEN,
+        sample.len() <= supabase_jwt_service::testing::MAX_TOKEN_LEN,
         "the largest token the service accepts, not larger: {}",
         sample.len()
     );

@@ -1,9 +1,9 @@
 //! Under `DB_RLS=on` a user's transaction takes the verified token's role, as PostgREST does,
-//! in the read message and in `PgStore::begin_as`; the name reaches Postgres intact whatever
-//! characters it holds.
+//! in the built-in read's message and in `Db::begin_as`; the name reaches Postgres intact
+//! whatever characters it holds.
 
 use sqlx::{AssertSqlSafe, Row};
-use supabase_jwt_service::{PgStore, UserStore};
+use supabase_jwt_service::{Db, Profile, UserRow};
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -41,24 +41,25 @@ async fn rls_the_tokens_role_is_the_one_switched_to_whatever_its_name_holds() {
             .unwrap();
     }
 
-    let config = config_with(&db.url, |raw| raw.db_max_connections = Some("1".into()));
-    let store = PgStore::connect_lazy(&config).unwrap();
+    let config = config_with(&db.url, |b| b.db_max_connections(1));
+    let store = Db::connect(&config.db).await.unwrap();
     let mut claims = verified(&config, &token_for(user)).await;
     claims.role = role.clone();
 
     let mut tx = store.begin_as(&claims).await.unwrap();
     let row = sqlx::query("select current_user::text, current_setting('role')")
         .persistent(false)
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await
         .unwrap();
     tx.rollback().await.unwrap();
     let seen: (String, String) = (row.get(0), row.get(1));
 
-    // The first read prepares its statement, the second executes it: both forms switch.
+    // The built-in read (`GET /name`'s): the first prepares its statement, the second executes
+    // it; both forms switch.
     let mut names = Vec::new();
     for _ in 0..2 {
-        let profile = store.profile(&claims).await.unwrap();
+        let profile = UserRow::load(&claims, &store).await.unwrap();
         names.push(profile.and_then(|p| p.full_name));
     }
 

@@ -7,8 +7,8 @@ use std::net::SocketAddr;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use supabase_jwt_service::config::RawConfig;
-use supabase_jwt_service::{StartError, build_state};
+use supabase_jwt_service::config::ConfigBuilder;
+use supabase_jwt_service::{AppState, StartError};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -85,16 +85,17 @@ struct ShapesApp {
 }
 
 impl ShapesApp {
-    async fn spawn(mutate: impl FnOnce(&mut RawConfig)) -> Self {
+    async fn spawn(mutate: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Self {
         let db = TestDb::new().await;
         let user = Uuid::new_v4();
         db.seed_user(user, Some("Ada")).await;
         let keys = KeySetServer::start().await;
-        let config = config_with(&db.url, |raw| {
-            raw.supabase_url = Some(keys.base());
-            mutate(raw);
-        });
-        let issuer = config.issuer.clone().expect("issuer from SUPABASE_URL");
+        let config = config_with(&db.url, |b| mutate(b.supabase_url(&keys.base())));
+        let issuer = config
+            .auth
+            .issuer
+            .clone()
+            .expect("issuer from SUPABASE_URL");
         Self {
             app: TestApp::spawn(config).await,
             issuer,
@@ -154,11 +155,8 @@ async fn assert_insufficient_scope(response: reqwest::Response) {
 #[tokio::test]
 async fn oauth_client_access_tokens_are_insufficient_scope_unless_the_client_is_listed() {
     let (listed, other) = (Uuid::new_v4(), Uuid::new_v4());
-    let default_app = ShapesApp::spawn(|_| {}).await;
-    let listing_app = ShapesApp::spawn(|raw| {
-        raw.jwt_allowed_client_ids = Some(format!("{}, {listed}", Uuid::new_v4()));
-    })
-    .await;
+    let default_app = ShapesApp::spawn(|b| b).await;
+    let listing_app = ShapesApp::spawn(|b| b.allowed_client_ids([Uuid::new_v4(), listed])).await;
     for signer in [Signer::Hs256, Signer::Es256] {
         let app = &default_app;
         let r = app.status(signer, &app.first_party()).await;
@@ -191,7 +189,7 @@ async fn oauth_client_access_tokens_are_insufficient_scope_unless_the_client_is_
 #[tokio::test]
 async fn oauth_id_tokens_are_invalid_token_even_for_a_listed_client() {
     let client = Uuid::new_v4();
-    let app = ShapesApp::spawn(|raw| raw.jwt_allowed_client_ids = Some(client.to_string())).await;
+    let app = ShapesApp::spawn(|b| b.allowed_client_ids([client])).await;
     for signer in [Signer::Hs256, Signer::Es256] {
         assert_invalid_token(app.status(signer, &app.id_token(client)).await).await;
         // The audience rule decides, not the missing role: an ID token whose `aud` also
@@ -272,8 +270,8 @@ async fn a_role_set_by_an_access_token_hook_is_insufficient_scope_unless_listed(
     }
 
     let listed = format!("authenticated,{}", editor.name);
-    let app = TestApp::spawn(config_with(&db.url, |raw| {
-        raw.jwt_allowed_roles = Some(listed);
+    let app = TestApp::spawn(config_with(&db.url, |b| {
+        b.var("JWT_ALLOWED_ROLES", &listed)
     }))
     .await;
     for role in ["authenticated", editor.name.as_str()] {
@@ -289,8 +287,8 @@ async fn a_role_set_by_an_access_token_hook_is_insufficient_scope_unless_listed(
         assert_insufficient_scope(app.get_with_token("/name", &with_role(role)).await).await;
     }
 
-    let only_editor = TestApp::spawn(config_with(&db.url, |raw| {
-        raw.jwt_allowed_roles = Some(editor.name.clone());
+    let only_editor = TestApp::spawn(config_with(&db.url, |b| {
+        b.allowed_roles([editor.name.as_str()])
     }))
     .await;
     let r = only_editor
@@ -302,7 +300,7 @@ async fn a_role_set_by_an_access_token_hook_is_insufficient_scope_unless_listed(
 
 /// The `DB_RLS` start-up error of `config`, or `None` when the state builds.
 async fn start_up_problem(config: supabase_jwt_service::Config) -> Option<String> {
-    match build_state(config).await {
+    match AppState::build(config).await {
         Ok(_) => None,
         Err(StartError::Config(e)) => {
             assert_eq!(e.var, "DB_RLS");
@@ -322,10 +320,7 @@ async fn start_up_checks_that_the_database_user_may_switch_to_each_listed_role()
     admin_like.grant(&admin_like.name, &login.name).await;
     let mut url = reqwest::Url::parse(&db.url).unwrap();
     url.set_username(&login.name).unwrap();
-    let as_login = |roles: &str| {
-        let roles = roles.to_owned();
-        config_with(url.as_str(), move |raw| raw.jwt_allowed_roles = Some(roles))
-    };
+    let as_login = |roles: &str| config_with(url.as_str(), |b| b.var("JWT_ALLOWED_ROLES", roles));
 
     assert_eq!(start_up_problem(as_login("authenticated")).await, None);
     let listed = format!("authenticated,{}", editor.name);
@@ -354,7 +349,7 @@ async fn start_up_checks_that_the_database_user_may_switch_to_each_listed_role()
 
     // `Config`'s fields are public, so a library user can list any name: it stays a name.
     let mut config = as_login("authenticated");
-    config.allowed_roles = vec![r"o'brien\'); select pg_sleep(5); --".into()];
+    config.auth.allowed_roles = vec![r"o'brien\'); select pg_sleep(5); --".into()];
     let problem = start_up_problem(config)
         .await
         .expect("an odd name is looked up as a name");
@@ -364,9 +359,8 @@ async fn start_up_checks_that_the_database_user_may_switch_to_each_listed_role()
     assert_eq!(start_up_problem(as_login(&listed)).await, None);
 
     // With DB_RLS=off no role is switched to, so none is checked.
-    let config = config_with(url.as_str(), |raw| {
-        raw.jwt_allowed_roles = Some(missing.clone());
-        raw.db_rls = Some("off".into());
+    let config = config_with(url.as_str(), |b| {
+        b.var("JWT_ALLOWED_ROLES", &missing).rls(false)
     });
     assert_eq!(start_up_problem(config).await, None);
     for role in [editor, admin_like, login] {
