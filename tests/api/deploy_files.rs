@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use axum::http::{Method, StatusCode};
-use clap::Parser;
-use supabase_jwt_service::cli::{Cli, Command};
-use supabase_jwt_service::config::{DEFAULT_SQLITE_URL, RawConfig};
+use supabase_jwt_service::config::ConfigBuilder;
 use supabase_jwt_service::testing::{SECRET, call, request};
-use supabase_jwt_service::{Config, build_state, router, telemetry};
+use supabase_jwt_service::{App, AppState, Config};
 
 fn repo_file(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(name);
@@ -41,12 +39,10 @@ fn string<'a>(t: &'a toml::Table, key: &str) -> &'a str {
 }
 
 /// The settings a production deploy has: a Postgres URL and a key (no dev-mode defaults).
-fn production_raw() -> RawConfig {
-    RawConfig {
-        database_url: Some("postgres://app:pw@db.example.com:5432/postgres".into()),
-        supabase_jwt_secret: Some(SECRET.into()),
-        ..RawConfig::default()
-    }
+fn production() -> ConfigBuilder {
+    Config::builder()
+        .database_url("postgres://app:pw@db.example.com:5432/postgres")
+        .jwt_secret(SECRET)
 }
 
 /// One Dockerfile instruction, continuation lines joined.
@@ -145,8 +141,10 @@ async fn status_of(app: axum::Router, path: &str) -> StatusCode {
 fn internal_port_is_the_default_port_the_image_sets_and_exposes() {
     let fly = fly();
     let internal = int(table(&fly, "http_service"), "internal_port");
-    let default_port = Config::from_raw(&production_raw(), false)
+    let default_port = production()
+        .build()
         .expect("production config")
+        .http
         .listen
         .port();
     assert_eq!(internal, i64::from(default_port));
@@ -186,10 +184,10 @@ async fn every_health_check_path_is_a_real_route() {
     assert!(paths.iter().any(|p| p == "/readyz"), "readiness on /readyz");
 
     let (dir, url) = temp_db_url("checks");
-    let state = build_state(Config::for_tests(&url, SECRET).expect("config"))
+    let state = AppState::build(crate::helpers::config_with(&url, |b| b))
         .await
         .expect("state");
-    let app = router(state);
+    let app = App::new(state).with_profile_routes().into_router();
     // The comparison point: an unknown path is a 404, so a typo in fly.toml would show.
     assert_eq!(status_of(app.clone(), "/no-such-route").await, 404);
     for path in &paths {
@@ -202,8 +200,8 @@ async fn every_health_check_path_is_a_real_route() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[test]
-fn release_command_after_the_entrypoint_runs_migrate() {
+#[tokio::test]
+async fn release_command_after_the_entrypoint_runs_migrate() {
     let entrypoint = entrypoint();
     assert_eq!(entrypoint.len(), 1, "the ENTRYPOINT is the binary alone");
     assert_eq!(
@@ -222,11 +220,45 @@ fn release_command_after_the_entrypoint_runs_migrate() {
         .map(String::as_str)
         .chain(release.split_whitespace())
         .collect();
-    let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    // Run as the machine would (the binary for the ENTRYPOINT) on a bare database: it
+    // migrates and exits, rather than serving.
+    let db = crate::helpers::TestDb::empty().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = crate::cli::bin(dir.path());
+    cmd.args(&argv[1..])
+        .env("DATABASE_URL", &db.url)
+        .env("SUPABASE_JWT_SECRET", SECRET)
+        .stdin(std::process::Stdio::null());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run the binary");
+        // Bounded: argv that is not `migrate` starts a server that never exits.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while child.try_wait().expect("wait").is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().expect("output")
+    })
+    .await
+    .expect("task");
+    let logs = String::from_utf8_lossy(&out.stderr);
     assert!(
-        matches!(cli.command, Some(Command::Migrate)),
-        "{argv:?} is not the migrate subcommand"
+        out.status.success() && logs.contains("migrations applied"),
+        "{argv:?} is not the migrate subcommand: {:?} {logs}",
+        out.status
     );
+    let migrated: bool = sqlx::query_scalar("select to_regclass('public.users') is not null")
+        .fetch_one(&db.pool)
+        .await
+        .expect("query");
+    assert!(migrated, "{argv:?} left public.users missing");
 }
 
 #[tokio::test]
@@ -237,12 +269,11 @@ async fn fly_scrapes_the_port_that_metrics_addr_names() {
     assert_eq!(string(metrics, "path"), "/metrics");
 
     let env = table(&fly, "env");
-    let raw = RawConfig {
-        metrics_addr: Some(string(env, "METRICS_ADDR").to_owned()),
-        ..production_raw()
-    };
-    let addr = Config::from_raw(&raw, false)
+    let addr = production()
+        .var("METRICS_ADDR", string(env, "METRICS_ADDR"))
+        .build()
         .expect("METRICS_ADDR parses")
+        .telemetry
         .metrics_addr
         .expect("metrics on in fly.toml");
     assert_eq!(i64::from(addr.port()), scrape_port);
@@ -252,13 +283,22 @@ async fn fly_scrapes_the_port_that_metrics_addr_names() {
         "metrics never on the public port"
     );
 
+    // The binary's metrics listener serves the path fly.toml scrapes.
     let (dir, url) = temp_db_url("metrics");
-    let state = build_state(Config::for_tests(&url, SECRET).expect("config"))
+    let mut cmd = crate::cli::bin(&dir);
+    cmd.env("DATABASE_URL", &url)
+        .env("SUPABASE_JWT_SECRET", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("METRICS_ADDR", "127.0.0.1:0");
+    let server = tokio::task::spawn_blocking(move || crate::cli::Server::start(cmd))
         .await
-        .expect("state");
-    let handle = telemetry::metrics::recorder().handle();
-    let app = telemetry::metrics::router(handle, state.store.clone());
-    assert_eq!(status_of(app, "/metrics").await, StatusCode::OK);
+        .expect("start the binary");
+    let metrics_addr = server.metrics_addr();
+    let scraped = reqwest::get(format!("http://{metrics_addr}{}", string(metrics, "path")))
+        .await
+        .expect("scrape");
+    assert_eq!(scraped.status(), StatusCode::OK);
+    drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -274,8 +314,10 @@ fn fly_waits_longer_than_the_drain_before_killing() {
             .expect("kill_timeout like \"15s\""),
         other => panic!("kill_timeout: {other}"),
     };
-    let drain = Config::from_raw(&production_raw(), false)
+    let drain = production()
+        .build()
         .expect("production config")
+        .http
         .shutdown_timeout;
     assert!(
         kill_timeout > drain.as_secs(),
@@ -313,7 +355,12 @@ fn image_runs_as_non_root_with_a_writable_store_and_no_secrets() {
     assert!(!matches!(uid, "" | "0" | "root"), "runs as {user}");
 
     // The embedded store's default path is relative to the working directory.
-    let relative = DEFAULT_SQLITE_URL
+    // Dev mode (no DATABASE_URL) names it.
+    let dev = Config::builder().build().expect("dev-mode config");
+    let relative = dev
+        .db
+        .url
+        .expose()
         .strip_prefix("sqlite://./")
         .expect("relative default");
     let data_dir = Path::new(relative).parent().expect("data folder");
@@ -500,7 +547,13 @@ fn compile_time_inputs(dir: &Path) -> Vec<String> {
         if path.extension().is_none_or(|e| e != "rs") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).unwrap();
+        // Comments (doc examples among them) are no input of a release build.
+        let text: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
         for (macro_name, from_file) in [
             ("include_str!(\"", true),
             ("include_bytes!(\"", true),

@@ -11,10 +11,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use supabase_jwt_service::auth::jwks::KeySet;
-use supabase_jwt_service::config::{Config, RawConfig};
+use supabase_jwt_service::auth::{KeySet, Verifier};
+use supabase_jwt_service::config::{Config, ConfigBuilder};
 use supabase_jwt_service::testing::{DEMO_USER, SECRET};
-use supabase_jwt_service::{AppState, build_state, serve};
+use supabase_jwt_service::{AppState, Db, serve};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -167,52 +167,44 @@ struct App {
 impl App {
     /// Builds the service against `jwks` (SUPABASE_URL = its base) on a fresh SQLite store,
     /// with the test kit's [`SECRET`] as the legacy secret, and serves it on 127.0.0.1:0.
-    async fn spawn(jwks: &JwksServer, mutate: impl FnOnce(&mut RawConfig)) -> Self {
+    async fn spawn(jwks: &JwksServer, mutate: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Self {
         Self::spawn_inner(jwks, mutate, None).await
     }
 
     /// [`App::spawn`] with a key set whose unknown-`kid` cooldown is `cooldown`, so a test
     /// can see it end.
     async fn spawn_with_cooldown(jwks: &JwksServer, cooldown: Duration) -> Self {
-        Self::spawn_inner(jwks, |_| {}, Some(cooldown)).await
+        Self::spawn_inner(jwks, |b| b, Some(cooldown)).await
     }
 
     async fn spawn_inner(
         jwks: &JwksServer,
-        mutate: impl FnOnce(&mut RawConfig),
+        mutate: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
         cooldown: Option<Duration>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut raw = RawConfig {
-            host: Some("127.0.0.1".into()),
-            port: Some("0".into()),
-            database_url: Some(format!("sqlite://{}/t.db", dir.path().display())),
-            supabase_url: Some(jwks.base.clone()),
-            supabase_jwt_secret: Some(SECRET.into()),
-            metrics_addr: Some("off".into()),
-            log_format: Some("json".into()),
-            ..RawConfig::default()
+        let builder = supabase_jwt_service::testing::config()
+            .database_url(&format!("sqlite://{}/t.db", dir.path().display()))
+            .supabase_url(&jwks.base)
+            .jwt_secret(SECRET);
+        let config = mutate(builder).build().expect("config");
+        let issuer = config.auth.issuer.clone().expect("issuer");
+        let jwks_url = config.auth.jwks_url.clone().expect("jwks url");
+        let state = match cooldown {
+            None => AppState::build(config).await.expect("build state"),
+            // A key set of the test's own: the config's is never built, so never fetches.
+            Some(cooldown) => {
+                let key_set = KeySet::with_cooldown(jwks_url, reqwest::Client::new(), cooldown);
+                let verifier = Arc::new(Verifier::new(&config.auth, Some(key_set)));
+                let db = Db::connect(&config.db).await.expect("open the store");
+                AppState::from_parts(config, verifier, db)
+            }
         };
-        mutate(&mut raw);
-        let mut config = Config::from_raw(&raw, false).expect("config");
-        let issuer = config.issuer.clone().expect("issuer");
-        let jwks_url = config.jwks_url.clone().expect("jwks url");
-        if cooldown.is_some() {
-            // The state's own key set is replaced below; it must not fetch meanwhile.
-            config.jwks_url = None;
-        }
-        let mut state = build_state(config).await.expect("build state");
-        if let Some(cooldown) = cooldown {
-            let key_set = KeySet::with_cooldown(jwks_url, reqwest::Client::new(), cooldown);
-            state.verifier = Arc::new(supabase_jwt_service::Verifier::new(
-                &state.config,
-                Some(key_set),
-            ));
-        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(serve(listener, state.clone(), async move {
+        let app = supabase_jwt_service::App::new(state.clone()).with_profile_routes();
+        tokio::spawn(serve(listener, app, async move {
             let _ = rx.await;
         }));
         Self {
@@ -237,17 +229,12 @@ impl App {
             .as_str()
             .expect("issuer")
             .to_owned();
-        Self::spawn_inner(
-            jwks,
-            |raw| raw.jwt_issuer = Some(issuer),
-            Some(Duration::ZERO),
-        )
-        .await
+        Self::spawn_inner(jwks, |b| b.issuer(&issuer), Some(Duration::ZERO)).await
     }
 
     fn key_set(&self) -> &Arc<KeySet> {
         self.state
-            .verifier
+            .verifier()
             .key_set()
             .expect("SUPABASE_URL configures a key set")
     }
@@ -432,7 +419,7 @@ async fn each_jwk_maps_to_one_algorithm_and_contradicting_or_foreign_entries_are
 async fn tokens_signed_at_test_time_with_es256_rs256_and_eddsa_are_accepted() {
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
     // Issuer derived from SUPABASE_URL: <base>/auth/v1.
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     assert_eq!(app.issuer, format!("{}/auth/v1", jwks.base));
     app.wait_until_keys_loaded().await;
 
@@ -475,7 +462,7 @@ async fn tokens_signed_at_test_time_with_es256_rs256_and_eddsa_are_accepted() {
 #[tokio::test]
 async fn algorithm_and_key_mismatches_are_invalid_token() {
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     app.wait_until_keys_loaded().await;
     let claims = claims(&app.issuer);
     let es256_x = fixture_jwks()["keys"][0]["x"]
@@ -545,7 +532,7 @@ async fn algorithm_and_key_mismatches_are_invalid_token() {
 #[tokio::test]
 async fn a_key_added_to_the_set_is_accepted_right_away_without_restart() {
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     app.wait_until_keys_loaded().await;
     assert_eq!(jwks.fetches(), 1);
     let standby = sign(
@@ -590,7 +577,7 @@ async fn random_kid_tokens_eight_at_a_time_are_all_401_with_at_most_a_few_fetche
     const AT_ONCE: usize = 8;
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
     // The service's own unknown-kid cooldown (30 s), as it ships.
-    let app = Arc::new(App::spawn(&jwks, |_| {}).await);
+    let app = Arc::new(App::spawn(&jwks, |b| b).await);
     app.wait_until_keys_loaded().await;
     assert_eq!(jwks.fetches(), 1);
 
@@ -710,7 +697,7 @@ async fn a_key_published_after_a_refetch_is_401_then_accepted_within_cooldown_pl
 async fn a_flood_of_unknown_kid_tokens_shares_one_fetch_and_is_all_401() {
     const FLOOD: usize = 500;
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = Arc::new(App::spawn(&jwks, |_| {}).await);
+    let app = Arc::new(App::spawn(&jwks, |b| b).await);
     app.wait_until_keys_loaded().await;
     assert_eq!(jwks.fetches(), 1);
 
@@ -746,7 +733,7 @@ async fn a_flood_of_unknown_kid_tokens_shares_one_fetch_and_is_all_401() {
 #[tokio::test]
 async fn when_the_key_set_server_fails_cached_keys_work_and_unknown_kids_get_503() {
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     app.wait_until_keys_loaded().await;
 
     jwks.set(Mode::Fail);
@@ -794,7 +781,7 @@ async fn tokens_bringing_their_own_key_or_an_absurd_kid_are_401_and_never_fetch_
         fixture_tokens()["standby_jwk"].clone()
     ]})))
     .await;
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     app.wait_until_keys_loaded().await;
 
     let attackers_key = EncodingKey::from_ec_pem(ES256_STANDBY_PEM.as_bytes()).expect("pem");
@@ -805,7 +792,7 @@ async fn tokens_bringing_their_own_key_or_an_absurd_kid_are_401_and_never_fetch_
     // one whose token does not (the bearer parser refuses it; the verifier is asked below).
     let long_kid = "k".repeat(8_600);
     let huge_kid = "k".repeat(11_000);
-    let limit = supabase_jwt_service::auth::bearer::MAX_TOKEN_LEN;
+    let limit = supabase_jwt_service::testing::MAX_TOKEN_LEN;
     let fits = |kid: &str| {
         es256_with_header(
             &json!({"alg": "ES256", "kid": kid}),
@@ -903,7 +890,7 @@ async fn tokens_bringing_their_own_key_or_an_absurd_kid_are_401_and_never_fetch_
     // it) calls an 11,000-k kid unknown, inside the cooldown, without another fetch.
     let token = es256_with_header(&headers[7].1, &attackers_key, &claims);
     assert_eq!(
-        app.state.verifier.verify(&token).await.err(),
+        app.state.verifier().verify(&token).await.err(),
         Some(supabase_jwt_service::auth::AuthError::UnknownKid)
     );
     assert!(jwks.fetches() <= 2);
@@ -912,7 +899,7 @@ async fn tokens_bringing_their_own_key_or_an_absurd_kid_are_401_and_never_fetch_
 #[tokio::test]
 async fn a_hanging_key_set_server_never_holds_up_tokens_with_known_kids() {
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = Arc::new(App::spawn(&jwks, |_| {}).await);
+    let app = Arc::new(App::spawn(&jwks, |b| b).await);
     app.wait_until_keys_loaded().await;
 
     jwks.set(Mode::Hold(Box::new(Mode::Fail)));
@@ -938,7 +925,7 @@ async fn a_hanging_key_set_server_never_holds_up_tokens_with_known_kids() {
 #[tokio::test]
 async fn startup_does_not_wait_for_the_key_set_and_readyz_is_503_until_it_loads() {
     let jwks = JwksServer::start(Mode::Hold(Box::new(Mode::Fail))).await;
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     // The first fetch is stuck, yet the service is up and HS256 works.
     jwks.wait_for_fetches(1).await;
     assert_eq!(app.readyz().await, 503);
@@ -971,7 +958,7 @@ async fn startup_does_not_wait_for_the_key_set_and_readyz_is_503_until_it_loads(
 #[tokio::test]
 async fn a_legacy_only_project_with_an_empty_key_set_still_accepts_hs256() {
     let jwks = JwksServer::start(Mode::Serve(json!({"keys": []}))).await;
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     app.wait_until_keys_loaded().await;
     assert_eq!(app.readyz().await, 200);
 
@@ -996,13 +983,17 @@ async fn a_legacy_only_project_with_an_empty_key_set_still_accepts_hs256() {
 #[tokio::test]
 async fn a_cached_token_is_refused_once_its_key_leaves_the_set() {
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks_with_standby())).await;
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     app.wait_until_keys_loaded().await;
     let token = es256_token(&app);
     for _ in 0..2 {
         assert_demo_user(app.get_name(&token).await, "before revocation").await;
     }
-    assert_eq!(app.state.verifier.cache().len(), 1, "the token is cached");
+    assert_eq!(
+        app.state.verifier().cached_tokens(),
+        1,
+        "the token is cached"
+    );
 
     // The project revokes es256-key: it disappears from the set at the next refresh.
     let mut revoked = fixture_jwks_with_standby();
@@ -1024,16 +1015,56 @@ async fn a_cached_token_is_refused_once_its_key_leaves_the_set() {
 
 #[tokio::test]
 async fn key_set_fetches_and_loaded_keys_are_counted_in_metrics() {
-    // This test's own recorder: the current-thread runtime runs the app, its refresher and
-    // this test on one thread, so other tests never add to these counts.
-    let recorder = supabase_jwt_service::telemetry::metrics::recorder();
-    let handle = recorder.handle();
-    let _guard = metrics::set_default_local_recorder(&recorder);
-
-    let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = App::spawn(&jwks, |_| {}).await;
-    app.wait_until_keys_loaded().await;
-    let text = handle.render();
+    // The binary, so that its counts are its own: the recorder is process-wide, and other
+    // tests in this process fetch key sets too. Its first fetch is held until the metrics
+    // listener is up: `serve` installs the recorder after the state began fetching, and a
+    // fetch done before that is counted nowhere (reported to the lead; not what this checks).
+    let jwks = JwksServer::start(Mode::Hold(Box::new(Mode::Serve(fixture_jwks())))).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cmd = crate::cli::bin(dir.path());
+    cmd.env(
+        "DATABASE_URL",
+        format!("sqlite://{}/t.db", dir.path().display()),
+    )
+    .env("SUPABASE_URL", &jwks.base)
+    .env("SUPABASE_JWT_SECRET", SECRET)
+    .env("HOST", "127.0.0.1")
+    .env("METRICS_ADDR", "127.0.0.1:0");
+    let server = tokio::task::spawn_blocking(move || crate::cli::Server::start(cmd))
+        .await
+        .expect("start the binary");
+    let metrics_addr = server.metrics_addr();
+    jwks.wait_for_fetches(1).await;
+    jwks.set(Mode::Serve(fixture_jwks()));
+    jwks.release();
+    let client = reqwest::Client::builder()
+        .timeout(LIMIT)
+        .no_proxy()
+        .build()
+        .expect("client");
+    let scrape = || {
+        let client = client.clone();
+        async move {
+            client
+                .get(format!("http://{metrics_addr}/metrics"))
+                .send()
+                .await
+                .expect("scrape")
+                .text()
+                .await
+                .expect("body")
+        }
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut text = scrape().await;
+    while !text.contains("jwks_keys_loaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "key set never loaded: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = scrape().await;
+    }
     assert!(
         text.contains(r#"jwks_fetches_total{result="ok"} 1"#),
         "{text}"
@@ -1041,9 +1072,21 @@ async fn key_set_fetches_and_loaded_keys_are_counted_in_metrics() {
     assert!(text.contains("jwks_keys_loaded 4"), "{text}");
 
     jwks.set(Mode::Fail);
-    let unknown = unknown_kid_token(&app, "counted");
-    assert_unavailable(app.get_name(&unknown).await, "unknown kid, set down").await;
-    let text = handle.render();
+    let issuer = format!("{}/auth/v1", jwks.base);
+    let unknown = sign(
+        Algorithm::ES256,
+        Some("counted"),
+        &es256_key(),
+        &claims(&issuer),
+    );
+    let answer = client
+        .get(server.url("/name"))
+        .bearer_auth(&unknown)
+        .send()
+        .await
+        .expect("request");
+    assert_unavailable(answer, "unknown kid, set down").await;
+    let text = scrape().await;
     assert!(
         text.contains(r#"jwks_fetches_total{result="http_error"}"#),
         "{text}"
@@ -1057,13 +1100,17 @@ async fn key_set_fetches_and_loaded_keys_are_counted_in_metrics() {
 #[tokio::test]
 async fn a_cached_token_is_refused_once_its_kid_names_other_material() {
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
-    let app = App::spawn(&jwks, |_| {}).await;
+    let app = App::spawn(&jwks, |b| b).await;
     app.wait_until_keys_loaded().await;
     let token = es256_token(&app);
     for _ in 0..2 {
         assert_demo_user(app.get_name(&token).await, "before the swap").await;
     }
-    assert_eq!(app.state.verifier.cache().len(), 1, "the token is cached");
+    assert_eq!(
+        app.state.verifier().cached_tokens(),
+        1,
+        "the token is cached"
+    );
 
     // The set now publishes the standby key's material under the old kid.
     let mut swapped = fixture_jwks();
@@ -1088,7 +1135,7 @@ async fn a_cached_token_is_refused_once_its_kid_names_other_material() {
     )
     .await;
     assert!(
-        app.state.verifier.cache().is_empty(),
+        app.state.verifier().cached_tokens() == 0,
         "and it left the cache"
     );
 }
@@ -1129,15 +1176,14 @@ async fn redirecting_server(
 /// The service with SUPABASE_URL = `base` (no JwksServer), on a fresh SQLite store.
 async fn app_for(base: &str) -> (AppState, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let raw = RawConfig {
-        database_url: Some(format!("sqlite://{}/t.db", dir.path().display())),
-        supabase_url: Some(base.to_owned()),
-        supabase_jwt_secret: Some(SECRET.into()),
-        metrics_addr: Some("off".into()),
-        ..RawConfig::default()
-    };
-    let config = Config::from_raw(&raw, false).expect("config");
-    (build_state(config).await.expect("state"), dir)
+    let config = Config::builder()
+        .database_url(&format!("sqlite://{}/t.db", dir.path().display()))
+        .supabase_url(base)
+        .jwt_secret(SECRET)
+        .metrics_addr(None)
+        .build()
+        .expect("config");
+    (AppState::build(config).await.expect("state"), dir)
 }
 
 #[tokio::test]
@@ -1148,13 +1194,13 @@ async fn the_key_set_is_never_taken_from_another_host_after_a_redirect() {
     let target = format!("{elsewhere}{JWKS_PATH}");
     let (base, hits, _a) = redirecting_server("127.0.0.1", move |_| Some(target.clone())).await;
     let (state, _dir) = app_for(&base).await;
-    let key_set = state.verifier.key_set().expect("key set");
+    let key_set = state.verifier().key_set().expect("key set");
 
     let outcome = key_set.refresh().await;
     assert!(
         matches!(
             outcome,
-            Err(supabase_jwt_service::auth::jwks::KeySetError::Status(307))
+            Err(supabase_jwt_service::auth::KeySetError::Status(307))
         ),
         "{outcome:?}"
     );
@@ -1176,7 +1222,7 @@ async fn same_origin_redirects_are_followed_a_few_times_only() {
     })
     .await;
     let (state, _dir) = app_for(&base).await;
-    let key_set = state.verifier.key_set().expect("key set");
+    let key_set = state.verifier().key_set().expect("key set");
     assert_eq!(key_set.refresh().await, Ok(FIXTURE_KIDS.len()));
 
     // A loop within the origin: given up after a few hops.
@@ -1185,13 +1231,13 @@ async fn same_origin_redirects_are_followed_a_few_times_only() {
     })
     .await;
     let (state, _dir) = app_for(&base).await;
-    let key_set = state.verifier.key_set().expect("key set");
+    let key_set = state.verifier().key_set().expect("key set");
     let before = hits.load(Ordering::SeqCst);
     let outcome = key_set.refresh().await;
     assert!(
         matches!(
             outcome,
-            Err(supabase_jwt_service::auth::jwks::KeySetError::Status(307))
+            Err(supabase_jwt_service::auth::KeySetError::Status(307))
         ),
         "{outcome:?}"
     );
@@ -1202,14 +1248,10 @@ async fn same_origin_redirects_are_followed_a_few_times_only() {
 #[test]
 fn supabase_url_must_be_https_unless_the_host_is_loopback() {
     let config = |url: &str| {
-        Config::from_raw(
-            &RawConfig {
-                database_url: Some("sqlite://unused.db".into()),
-                supabase_url: Some(url.into()),
-                ..RawConfig::default()
-            },
-            false,
-        )
+        Config::builder()
+            .database_url("sqlite://unused.db")
+            .supabase_url(url)
+            .build()
     };
     for refused in [
         "http://abcd.supabase.co",

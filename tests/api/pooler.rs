@@ -3,13 +3,12 @@
 //! another client could answer, no state left on a connection. The URLs are plain, as a user
 //! would paste them: the service has to find out by itself that it talks to a pooler.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor};
-use supabase_jwt_service::PgStore;
-use supabase_jwt_service::config::{Config, PreparedStatements, RawConfig};
+use supabase_jwt_service::config::{Config, ConfigBuilder, PreparedStatements};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -26,13 +25,38 @@ fn pooler_url(db: &TestDb) -> String {
 
 /// A pooler configuration: more client connections than PgBouncer's `default_pool_size` (8),
 /// and a generous bound on each call so a loaded 2-core runner queues rather than fails.
-fn pooler_config(db: &TestDb, mutate: impl FnOnce(&mut RawConfig)) -> Config {
-    config_with(&pooler_url(db), |raw| {
-        raw.db_max_connections = Some("32".into());
-        raw.db_timeout_seconds = Some("30".into());
-        raw.request_timeout_seconds = Some("60".into());
-        mutate(raw);
+fn pooler_config(db: &TestDb, mutate: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Config {
+    config_with(&pooler_url(db), |b| {
+        mutate(
+            b.db_max_connections(32)
+                .db_timeout(Duration::from_secs(30))
+                .request_timeout(Duration::from_secs(60)),
+        )
     })
+}
+
+/// What the store says, once, when it finds itself behind a transaction-mode pooler.
+const POOLER_DETECTED: &str = "transaction-mode pooler detected";
+
+/// Captures this thread's logs at INFO until the guard drops. `#[tokio::test]` runs the
+/// server on the test's thread, so the capture holds its lines alone.
+fn capture_logs() -> (
+    Captured,
+    tracing::subscriber::DefaultGuard,
+    tracing::Dispatch,
+) {
+    use tracing_subscriber::util::SubscriberInitExt;
+    // While only one dispatcher exists, tracing-core caches a callsite's interest from
+    // whichever thread hits it first; a second live dispatcher turns that shortcut off.
+    let peer = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+    let logs = Captured::default();
+    let guard = tracing_subscriber::fmt()
+        .with_writer(logs.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish()
+        .set_default();
+    (logs, guard, peer)
 }
 
 /// Seeds [`USERS`] users, each with a name of their own.
@@ -77,8 +101,8 @@ fn assert_each_got_their_own_name(answers: &HashMap<Uuid, (u16, Value)>, users: 
 async fn pooler_concurrent_reads_under_rls_each_answer_the_callers_own_name() {
     let db = TestDb::new().await;
     let users = seed_many(&db).await;
-    let config = pooler_config(&db, |_| {});
-    assert!(config.db_rls && config.prepared_statements == PreparedStatements::Auto);
+    let config = pooler_config(&db, |b| b);
+    assert!(config.db.rls && config.db.prepared_statements == PreparedStatements::Auto);
     let app = TestApp::spawn(config).await;
     let answers = get_all_at_once(&app, &users).await;
     assert_each_got_their_own_name(&answers, &users);
@@ -88,8 +112,8 @@ async fn pooler_concurrent_reads_under_rls_each_answer_the_callers_own_name() {
 async fn pooler_concurrent_reads_without_rls_each_answer_the_callers_own_name() {
     let db = TestDb::new().await;
     let users = seed_many(&db).await;
-    let config = pooler_config(&db, |raw| raw.db_rls = Some("off".into()));
-    assert!(!config.db_rls && config.prepared_statements == PreparedStatements::Auto);
+    let config = pooler_config(&db, |b| b.rls(false));
+    assert!(!config.db.rls && config.db.prepared_statements == PreparedStatements::Auto);
     let app = TestApp::spawn(config).await;
     let answers = get_all_at_once(&app, &users).await;
     assert_each_got_their_own_name(&answers, &users);
@@ -99,7 +123,7 @@ async fn pooler_concurrent_reads_without_rls_each_answer_the_callers_own_name() 
 async fn pooler_concurrent_writes_each_change_only_the_callers_row() {
     let db = TestDb::new().await;
     let users = seed_many(&db).await;
-    let app = TestApp::spawn(pooler_config(&db, |_| {})).await;
+    let app = TestApp::spawn(pooler_config(&db, |b| b)).await;
 
     let renamed: Vec<(Uuid, String)> = users
         .iter()
@@ -139,9 +163,11 @@ async fn pooler_concurrent_writes_each_change_only_the_callers_row() {
 fn pooler_prepared_statements_auto_turns_off_for_the_pooler_url() {
     let url = "postgres://postgres@127.0.0.1:6432/t_x";
     let config = |url: &str, setting: Option<&str>| {
-        config_with(url, |raw| {
-            raw.db_prepared_statements = setting.map(str::to_owned);
+        config_with(url, |b| match setting {
+            Some(setting) => b.var("DB_PREPARED_STATEMENTS", setting),
+            None => b,
         })
+        .db
         .prepared_statements
     };
     // Nothing in a plain 6432 URL says "pooler": auto finds out at run time.
@@ -170,7 +196,8 @@ async fn prepared_on(held: &mut sqlx::PgConnection) -> (i64, i64) {
 }
 
 /// What one server switch did: statements the first request left on server X (see
-/// [`prepared_on`]), the second request's status, and whether the store noticed the pooler.
+/// [`prepared_on`]), the second request's status, and whether the store noticed the pooler
+/// (it says so in its log).
 #[derive(Debug, PartialEq)]
 struct Switch {
     named_on_x: (i64, i64),
@@ -184,28 +211,25 @@ struct Switch {
 /// 2. another client opens a transaction and so holds X (it is the only idle server), and
 ///    counts the named statements X holds;
 /// 3. a second `GET /name` has to run on a new server.
-async fn requests_across_a_server_switch(prepared: &str, rls: &str) -> Switch {
+///
+/// Returns the app's log lines beside it.
+async fn requests_across_a_server_switch(prepared: &str, rls: &str) -> (Switch, String) {
+    let (logs, _capture, _peer) = capture_logs();
     // A database of its own: its PgBouncer pool starts with no server.
     let db = &TestDb::new().await;
     let user = Uuid::new_v4();
     db.seed_user(user, Some("Ada")).await;
-    let config = pooler_config(db, |raw| {
-        raw.db_max_connections = Some("1".into());
-        raw.db_prepared_statements = Some(prepared.into());
-        raw.db_rls = Some(rls.into());
+    let config = pooler_config(db, |b| {
+        b.db_max_connections(1)
+            .var("DB_PREPARED_STATEMENTS", prepared)
+            .var("DB_RLS", rls)
     });
-    let store = PgStore::connect_lazy(&config).unwrap();
-    let app = TestApp::spawn_over(config, store.clone()).await;
+    let app = TestApp::spawn(config).await;
     let token = token_for(user);
 
+    // The read is one message, one transaction: PgBouncer hands server X back when it ends,
+    // before the answer reaches the app.
     assert_eq!(app.get_with_token("/name", &token).await.status(), 200);
-    // The connection is back in the pool before the answer is sent; waiting for it costs
-    // nothing and keeps this independent of that order.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while store.pool().num_idle() < 1 {
-        assert!(Instant::now() < deadline, "connection never came back");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 
     let mut other = sqlx::postgres::PgConnection::connect(&pooler_url(db))
         .await
@@ -223,11 +247,13 @@ async fn requests_across_a_server_switch(prepared: &str, rls: &str) -> Switch {
     if second.0 == 200 {
         assert_eq!(second.1, json!({"full_name": "Ada"}));
     }
-    Switch {
+    let logs = logs.text();
+    let switch = Switch {
         named_on_x,
         second: second.0,
-        detected: store.pooler_detected(),
-    }
+        detected: logs.contains(POOLER_DETECTED),
+    };
+    (switch, logs)
 }
 
 /// A log writer that keeps what it is given.
@@ -261,17 +287,10 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 
 #[tokio::test]
 async fn pooler_auto_detects_the_pooler_when_a_read_lands_on_another_server() {
-    use tracing_subscriber::util::SubscriberInitExt;
-    // `#[tokio::test]` runs the server on this thread, so this captures its logs alone.
-    let logs = Captured::default();
-    let _capture = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish()
-        .set_default();
+    let mut logs = String::new();
     for rls in ["on", "off"] {
-        let switch = requests_across_a_server_switch("auto", rls).await;
+        let (switch, said) = requests_across_a_server_switch("auto", rls).await;
+        logs.push_str(&said);
         // X holds the read this connection prepared, under its own name, and nothing sqlx
         // named; on the new server it is missing, which tells the store it is behind a pooler.
         assert_eq!(
@@ -285,7 +304,6 @@ async fn pooler_auto_detects_the_pooler_when_a_read_lands_on_another_server() {
         );
     }
     // Said once per store, at INFO, and without the claims the failed message carried.
-    let logs = logs.text();
     let said: Vec<&str> = logs
         .lines()
         .filter(|l| l.contains("transaction-mode pooler detected"))
@@ -298,7 +316,7 @@ async fn pooler_auto_detects_the_pooler_when_a_read_lands_on_another_server() {
 #[tokio::test]
 async fn pooler_off_names_nothing_on_the_server() {
     for rls in ["on", "off"] {
-        let switch = requests_across_a_server_switch("off", rls).await;
+        let (switch, _) = requests_across_a_server_switch("off", rls).await;
         assert_eq!(
             switch,
             Switch {
@@ -316,7 +334,7 @@ async fn pooler_named_prepared_statements_fail_once_pgbouncer_switches_servers()
     // Why `on` is only for connections that keep their server: PgBouncer 1.18 in transaction
     // mode does not carry a statement prepared on one server to the next, and `on` does not
     // fall back.
-    let switch = requests_across_a_server_switch("on", "off").await;
+    let (switch, _) = requests_across_a_server_switch("on", "off").await;
     assert_eq!(
         switch,
         Switch {
@@ -392,11 +410,11 @@ async fn mixed_traffic_through_a_plain_pooler_url(rls: &str) {
         });
     }
     db.seed_users(&users).await;
-    let config = pooler_config(&db, |raw| raw.db_rls = Some(rls.into()));
-    assert_eq!(config.prepared_statements, PreparedStatements::Auto);
-    let max_connections = i64::from(config.db_max_connections);
-    let store = PgStore::connect_lazy(&config).unwrap();
-    let app = TestApp::spawn_over(config, store.clone()).await;
+    let (logs, _capture, _peer) = capture_logs();
+    let config = pooler_config(&db, |b| b.var("DB_RLS", rls));
+    assert_eq!(config.db.prepared_statements, PreparedStatements::Auto);
+    let max_connections = i64::from(config.db.max_connections);
+    let app = TestApp::spawn(config).await;
 
     let mut requests = JoinSet::new();
     for call in calls.iter().cloned() {
@@ -440,7 +458,7 @@ async fn mixed_traffic_through_a_plain_pooler_url(rls: &str) {
         "DB_RLS={rls}: rows differ from the writes"
     );
     assert!(
-        store.pooler_detected(),
+        logs.text().contains(POOLER_DETECTED),
         "DB_RLS={rls}: never noticed the pooler"
     );
 
@@ -449,6 +467,7 @@ async fn mixed_traffic_through_a_plain_pooler_url(rls: &str) {
     // connection, and nothing sqlx named.
     let mut clients = Vec::new();
     let (mut by_sqlx, mut by_sql) = (0, 0);
+    let mut sqlx_named: Vec<(String, String)> = Vec::new();
     for _ in 0..8 {
         let mut conn = sqlx::postgres::PgConnection::connect(&pooler_url(&db))
             .await
@@ -456,6 +475,15 @@ async fn mixed_traffic_through_a_plain_pooler_url(rls: &str) {
         conn.execute("begin").await.unwrap();
         let (protocol, sql) = prepared_on(&mut conn).await;
         (by_sqlx, by_sql) = (by_sqlx + protocol, by_sql + sql);
+        sqlx_named.extend(
+            sqlx::query_as::<_, (String, String)>(
+                "select name, statement from pg_prepared_statements where not from_sql",
+            )
+            .persistent(false)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap(),
+        );
         clients.push(conn);
     }
     for mut conn in clients {
@@ -464,7 +492,7 @@ async fn mixed_traffic_through_a_plain_pooler_url(rls: &str) {
     println!(
         "DB_RLS={rls}: statements left on the servers: {by_sql} by PREPARE, {by_sqlx} by sqlx"
     );
-    assert_eq!(by_sqlx, 0, "DB_RLS={rls}");
+    assert_eq!(by_sqlx, 0, "DB_RLS={rls}: {sqlx_named:?}");
     assert!(by_sql <= max_connections, "DB_RLS={rls}: {by_sql} prepared");
 }
 
@@ -478,19 +506,74 @@ async fn pooler_mixed_traffic_without_rls_with_a_plain_url_gets_every_answer_rig
     mixed_traffic_through_a_plain_pooler_url("off").await;
 }
 
+/// A private cluster that logs every statement (see [`PrivatePg::start_logging_statements`]),
+/// migrated, with Ada: what the service sends to it, and on which backend, is read from its
+/// log, since a connection's prepared statements are visible to that session alone.
+async fn logged_pg_with_ada() -> (PrivatePg, Uuid) {
+    let pg = tokio::task::spawn_blocking(PrivatePg::start_logging_statements)
+        .await
+        .unwrap();
+    supabase_jwt_service::db::migrate(&pg_config(&pg.url()).db)
+        .await
+        .unwrap();
+    let mut admin = sqlx::postgres::PgConnection::connect(&pg.url())
+        .await
+        .unwrap();
+    let user = Uuid::new_v4();
+    sqlx::query("insert into auth.users (id) values ($1)")
+        .bind(user)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query("insert into public.users (id, full_name) values ($1, 'Ada')")
+        .bind(user)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    (pg, user)
+}
+
+/// What the service sent so far, as `(backend pid, text)` (see [`PrivatePg::statements`]).
+fn service_statements(pg: &PrivatePg) -> Vec<(u32, String)> {
+    pg.statements("supabase-jwt-service")
+}
+
+/// The statements the service's messages after the first `skip` name, per backend, from the
+/// server's log: `(pid, name) -> times executed`, for the store's own prepared read
+/// (`prepare sjs_…` in a message, then `execute sjs_…(…)`) and for sqlx's named statements
+/// (`execute sqlx_s_…: …`). `skip` leaves out what came before the app, such as the
+/// migrations, which connect under the same application name.
+fn named_statements(pg: &PrivatePg, skip: usize) -> BTreeMap<(u32, String), i64> {
+    let mut named = BTreeMap::new();
+    for (pid, text) in service_statements(pg).into_iter().skip(skip) {
+        if let Some(rest) = text.strip_prefix("execute sqlx_s_") {
+            let number = rest.split(':').next().unwrap_or_default();
+            *named.entry((pid, format!("sqlx_s_{number}"))).or_insert(0) += 1;
+            continue;
+        }
+        for part in text.split("; ") {
+            if let Some(rest) = part.strip_prefix("prepare sjs_") {
+                let name = format!("sjs_{}", rest.split('(').next().unwrap_or_default());
+                named.entry((pid, name)).or_insert(0);
+            } else if let Some(rest) = part.strip_prefix("execute sjs_") {
+                let name = format!("sjs_{}", rest.split('(').next().unwrap_or_default());
+                *named.entry((pid, name)).or_insert(0) += 1;
+            }
+        }
+    }
+    named
+}
+
 /// Reads on a direct connection with the default setting: (statements the connection holds
 /// as `(name, times executed)`, whether the store took it for a pooler).
 async fn reads_on_one_direct_connection(rls: &str, reads: usize) -> (Vec<(String, i64)>, bool) {
-    let db = TestDb::new().await;
-    let user = Uuid::new_v4();
-    db.seed_user(user, Some("Ada")).await;
-    let config = config_with(&db.url, |raw| {
-        raw.db_max_connections = Some("1".into());
-        raw.db_rls = Some(rls.into());
-    });
-    assert_eq!(config.prepared_statements, PreparedStatements::Auto);
-    let store = PgStore::connect_lazy(&config).unwrap();
-    let app = TestApp::spawn_over(config, store.clone()).await;
+    let (pg, user) = logged_pg_with_ada().await;
+    let before = service_statements(&pg).len();
+    let (logs, _capture, _peer) = capture_logs();
+    let config = config_with(&pg.url(), |b| b.db_max_connections(1).var("DB_RLS", rls));
+    assert_eq!(config.db.prepared_statements, PreparedStatements::Auto);
+    let app = TestApp::spawn(config).await;
     let token = token_for(user);
     for _ in 0..reads {
         let r = app.get_with_token("/name", &token).await;
@@ -500,20 +583,15 @@ async fn reads_on_one_direct_connection(rls: &str, reads: usize) -> (Vec<(String
             json!({"full_name": "Ada"})
         );
     }
-    // The pool's one connection, the one every read above ran on.
-    let mut lease = tokio::time::timeout(Duration::from_secs(10), store.acquire())
-        .await
-        .unwrap()
-        .unwrap();
-    let held: Vec<(String, i64)> = sqlx::query_as(
-        "select name, generic_plans + custom_plans from pg_prepared_statements order by name",
-    )
-    .persistent(false)
-    .fetch_all(&mut *lease)
-    .await
-    .unwrap();
-    lease.release();
-    (held, store.pooler_detected())
+    // The pool's one connection: every read above ran on it.
+    let named = named_statements(&pg, before);
+    let pids: BTreeSet<u32> = named.keys().map(|(pid, _)| *pid).collect();
+    assert_eq!(pids.len(), 1, "DB_RLS={rls}: reads on {pids:?}");
+    let held = named
+        .into_iter()
+        .map(|((_, name), executed)| (name, executed))
+        .collect();
+    (held, logs.text().contains(POOLER_DETECTED))
 }
 
 #[tokio::test]
@@ -541,7 +619,7 @@ async fn pooler_connection_state_does_not_leak_between_clients() {
     // claims: everything the service set was transaction-local.
     let db = TestDb::new().await;
     let users = seed_many(&db).await;
-    let app = TestApp::spawn(pooler_config(&db, |_| {})).await;
+    let app = TestApp::spawn(pooler_config(&db, |b| b)).await;
     assert_each_got_their_own_name(&get_all_at_once(&app, &users).await, &users);
 
     // Eight clients at once, each in a transaction, occupy every server of the pool.
@@ -578,15 +656,11 @@ async fn pooler_once_the_server_proved_direct_an_rls_off_read_is_sqlx_s_own_cach
     // The pool's first connection proves the server direct; a connection opened after that
     // caches statements as sqlx does by default, and the DB_RLS=off read runs as one named
     // statement over the extended protocol instead of a simple-protocol EXECUTE.
-    let db = TestDb::new().await;
-    let user = Uuid::new_v4();
-    db.seed_user(user, Some("Ada")).await;
-    let config = config_with(&db.url, |raw| {
-        raw.db_max_connections = Some("2".into());
-        raw.db_rls = Some("off".into());
-    });
-    let store = PgStore::connect_lazy(&config).unwrap();
-    let app = TestApp::spawn_over(config, store.clone()).await;
+    let (pg, user) = logged_pg_with_ada().await;
+    let before = service_statements(&pg).len();
+    let (logs, _capture, _peer) = capture_logs();
+    let config = config_with(&pg.url(), |b| b.db_max_connections(2).rls(false));
+    let app = TestApp::spawn(config).await;
     let token = token_for(user);
     let read = || async {
         let r = app.get_with_token("/name", &token).await;
@@ -597,24 +671,38 @@ async fn pooler_once_the_server_proved_direct_an_rls_off_read_is_sqlx_s_own_cach
         );
     };
     read().await;
-    // Hold the first connection, so the reads below open and use a second one.
-    let first = store.acquire().await.unwrap();
-    assert!(
-        !first.has_statement_cache(),
-        "opened before the server proved direct"
-    );
+    let first_reads = named_statements(&pg, before);
+    // Hold the first connection (the pool's only one so far), so the reads below open and
+    // use a second one.
+    let first = app.state.db().begin_as_service().await.unwrap();
     for _ in 0..12 {
         read().await;
     }
-    let mut second = store.acquire().await.unwrap();
-    assert!(second.has_statement_cache());
-    let held: Vec<(String, i64)> = sqlx::query_as(
-        "select name, generic_plans + custom_plans from pg_prepared_statements order by name",
-    )
-    .persistent(false)
-    .fetch_all(&mut *second)
-    .await
-    .unwrap();
+    first.rollback().await.unwrap();
+
+    let statements = service_statements(&pg);
+    let service_begins: Vec<&(u32, String)> = statements[before..]
+        .iter()
+        .filter(|(_, text)| text.contains("set_config('request.jwt.claims', '', true)"))
+        .collect();
+    assert_eq!(service_begins.len(), 1, "{service_begins:?}");
+    let first_pid = service_begins[0].0;
+    assert!(
+        first_reads.keys().all(|(pid, _)| *pid == first_pid),
+        "the first read ran on the held connection: {first_reads:?}"
+    );
+    // Opened before the server proved direct, it has no statement cache: a transaction
+    // begun on it first drops whatever sqlx named there.
+    assert!(
+        service_begins[0].1.starts_with("deallocate all; "),
+        "opened before the server proved direct: {}",
+        service_begins[0].1
+    );
+    let held: Vec<(String, i64)> = named_statements(&pg, before)
+        .into_iter()
+        .filter(|((pid, _), _)| *pid != first_pid)
+        .map(|((_, name), used)| (name, used))
+        .collect();
     assert!(
         held.iter()
             .any(|(name, used)| name.starts_with("sqlx_s_") && *used == 12),
@@ -624,9 +712,7 @@ async fn pooler_once_the_server_proved_direct_an_rls_off_read_is_sqlx_s_own_cach
         held.iter().all(|(name, _)| !name.starts_with("sjs_")),
         "{held:?}"
     );
-    assert!(!store.pooler_detected());
-    second.release();
-    first.release();
+    assert!(!logs.text().contains(POOLER_DETECTED));
 }
 
 /// A PgBouncer left at its defaults but for `pool_mode = transaction`: no
@@ -640,10 +726,7 @@ async fn pooler_with_default_settings_serves_reads_and_writes() {
         let db = TestDb::new().await;
         let user = Uuid::new_v4();
         db.seed_user(user, Some("Ada")).await;
-        let app = TestApp::spawn(config_with(&bouncer.url(&db), |raw| {
-            raw.db_rls = Some(rls.into());
-        }))
-        .await;
+        let app = TestApp::spawn(config_with(&bouncer.url(&db), |b| b.var("DB_RLS", rls))).await;
         let ready = app.get("/readyz").await;
         assert_eq!(ready.status(), 200, "DB_RLS={rls}: {}", bouncer.log());
         let r = app.get_with_token("/name", &token_for(user)).await;

@@ -1,71 +1,54 @@
 //! Requests of each outcome show up in `/metrics` with bounded labels.
 //!
-//! Each test owns its recorder: `set_default_local_recorder` makes it the thread's, and the
-//! current-thread runtime of `#[tokio::test]` runs the server, the client and the metrics
-//! listener on that thread, so other tests in this process never add to these counts.
+//! Each test scrapes the metrics listener of a binary of its own (`METRICS_ADDR=127.0.0.1:0`,
+//! the address read from its "metrics listening" log line): the recorder is process-wide, so
+//! counts from other tests in this process would otherwise mix into these.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
-use metrics_exporter_prometheus::PrometheusHandle;
+use supabase_jwt_service::Config;
 use supabase_jwt_service::testing::SECRET;
-use supabase_jwt_service::{Config, build_state, serve, telemetry};
 use tokio::net::TcpListener;
+
+use crate::cli::{Server, bin};
+use crate::helpers::config_with;
 
 struct Running {
     api: SocketAddr,
     metrics: SocketAddr,
     config: Config,
-    dir: PathBuf,
+    _server: Server,
+    _dir: tempfile::TempDir,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The API and a metrics listener rendering `handle`, both on loopback port 0. Both run
-/// until the test's runtime ends.
-async fn start(handle: PrometheusHandle) -> Running {
-    let dir = std::env::temp_dir().join(format!(
-        "sjs-metrics-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config =
-        Config::for_tests(&format!("sqlite://{}/t.db", dir.display()), SECRET).expect("config");
-    let (api, metrics) = spawn(handle, config.clone()).await;
+/// The binary on the embedded store in a fresh folder, with its metrics listener, both on
+/// loopback.
+async fn start() -> Running {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let (server, api, metrics) = spawn(&url, dir.path());
     Running {
         api,
         metrics,
-        config,
-        dir,
+        config: config_with(&url, |b| b),
+        _server: server,
+        _dir: dir,
     }
 }
 
-/// Serves `config`'s API and a metrics listener rendering `handle`, both on loopback port 0,
-/// until the test's runtime ends; returns their addresses.
-async fn spawn(handle: PrometheusHandle, config: Config) -> (SocketAddr, SocketAddr) {
-    let state = build_state(config).await.expect("state");
-
-    let api_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
-    let metrics_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind metrics");
-    let api = api_listener.local_addr().expect("api addr");
-    let metrics = metrics_listener.local_addr().expect("metrics addr");
-    let store = state.store.clone();
-    tokio::spawn(telemetry::metrics::serve(
-        metrics_listener,
-        handle,
-        store,
-        std::future::pending(),
-    ));
-    tokio::spawn(serve(api_listener, state, std::future::pending()));
-    (api, metrics)
+/// Runs the binary on `database_url` with the test kit's secret and a metrics listener on
+/// loopback port 0; returns it with the API's address and the metrics listener's.
+fn spawn(database_url: &str, dir: &std::path::Path) -> (Server, SocketAddr, SocketAddr) {
+    let mut cmd = bin(dir);
+    cmd.env("DATABASE_URL", database_url)
+        .env("SUPABASE_JWT_SECRET", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("METRICS_ADDR", "127.0.0.1:0");
+    let server = Server::start(cmd);
+    let api = SocketAddr::from(([127, 0, 0, 1], server.port));
+    let metrics = server.metrics_addr();
+    (server, api, metrics)
 }
 
 fn token(config: &Config, ttl_seconds: i64) -> String {
@@ -118,11 +101,7 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test]
 async fn each_outcome_is_counted_by_route_status_and_auth_result() {
-    let recorder = telemetry::metrics::recorder();
-    let _local = metrics::set_default_local_recorder(&recorder);
-    telemetry::metrics::describe();
-
-    let app = start(recorder.handle()).await;
+    let app = start().await;
     let base = format!("http://{}", app.api);
     let client = reqwest::Client::new();
     let good = token(&app.config, 3600);
@@ -229,10 +208,7 @@ async fn each_outcome_is_counted_by_route_status_and_auth_result() {
 
 #[tokio::test]
 async fn metrics_are_not_served_on_the_public_port() {
-    let recorder = telemetry::metrics::recorder();
-    let _local = metrics::set_default_local_recorder(&recorder);
-
-    let app = start(recorder.handle()).await;
+    let app = start().await;
     let response = reqwest::get(format!("http://{}/metrics", app.api))
         .await
         .expect("GET /metrics on the API port");
@@ -243,16 +219,14 @@ async fn metrics_are_not_served_on_the_public_port() {
 /// readiness probe adds one to `db_errors_total`, by kind, and nothing else does.
 #[tokio::test]
 async fn each_failed_store_call_is_counted_once_by_kind() {
-    let recorder = telemetry::metrics::recorder();
-    let _local = metrics::set_default_local_recorder(&recorder);
-
     // A loopback port nothing listens on: every connection is refused at once.
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = closed.local_addr().expect("addr").port();
     drop(closed);
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let config = Config::for_tests(&url, SECRET).expect("config");
-    let (api, metrics) = spawn(recorder.handle(), config.clone()).await;
+    let config = config_with(&url, |b| b);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_server, api, metrics) = spawn(&url, dir.path());
     let client = reqwest::Client::new();
     let good = token(&config, 3600);
 

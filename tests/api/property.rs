@@ -33,9 +33,11 @@ fn status_for(
 
 fn app(rt: &tokio::runtime::Runtime, dir: &std::path::Path) -> axum::Router {
     let state = rt
-        .block_on(supabase_jwt_service::build_state(sqlite_config(dir)))
+        .block_on(supabase_jwt_service::AppState::build(sqlite_config(dir)))
         .unwrap();
-    supabase_jwt_service::router(state)
+    supabase_jwt_service::App::new(state)
+        .with_profile_routes()
+        .into_router()
 }
 
 proptest! {
@@ -258,14 +260,14 @@ fn signed(header: &serde_json::Value, payload: &serde_json::Value, secret: &str)
     format!("{message}.{signature}")
 }
 
-fn verifier() -> supabase_jwt_service::Verifier {
-    let config = supabase_jwt_service::Config::for_tests("sqlite://unused.db", SECRET).unwrap();
-    supabase_jwt_service::Verifier::new(&config, None)
+fn verifier() -> supabase_jwt_service::auth::Verifier {
+    let config = config_with("sqlite://unused.db", |b| b);
+    supabase_jwt_service::auth::Verifier::new(&config.auth, None)
 }
 
 fn verify(
     rt: &tokio::runtime::Runtime,
-    verifier: &supabase_jwt_service::Verifier,
+    verifier: &supabase_jwt_service::auth::Verifier,
     token: &str,
 ) -> Result<supabase_jwt_service::Claims, supabase_jwt_service::auth::AuthError> {
     rt.block_on(verifier.verify(token))
@@ -329,8 +331,8 @@ proptest! {
         };
         let mut headers = axum::http::HeaderMap::new();
         headers.insert(axum::http::header::AUTHORIZATION, value);
-        if let Ok(token) = supabase_jwt_service::auth::bearer::token(&headers) {
-            prop_assert!(!token.is_empty() && token.len() <= supabase_jwt_service::auth::bearer::MAX_TOKEN_LEN);
+        if let Ok(token) = supabase_jwt_service::testing::bearer_token(&headers) {
+            prop_assert!(!token.is_empty() && token.len() <= supabase_jwt_service::testing::MAX_TOKEN_LEN);
             prop_assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)));
         }
     }
@@ -362,17 +364,19 @@ impl LiveKeySet {
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let jwks = rt.block_on(JwksServer::start(Mode::Serve(fixture_jwks())));
-        let config = config_with(&format!("sqlite://{}/t.db", dir.path().display()), |raw| {
-            raw.supabase_url = Some(jwks.base.clone());
+        let config = config_with(&format!("sqlite://{}/t.db", dir.path().display()), |b| {
+            b.supabase_url(&jwks.base)
         });
-        let issuer = config.issuer.clone().unwrap();
+        let issuer = config.auth.issuer.clone().unwrap();
         let state = rt
-            .block_on(supabase_jwt_service::build_state(config))
+            .block_on(supabase_jwt_service::AppState::build(config))
             .unwrap();
-        let key_set = state.verifier.key_set().unwrap();
+        let key_set = state.verifier().key_set().unwrap().clone();
         assert!(rt.block_on(key_set.wait_until_ready(std::time::Duration::from_secs(30))));
         Self {
-            router: supabase_jwt_service::router(state),
+            router: supabase_jwt_service::App::new(state)
+                .with_profile_routes()
+                .into_router(),
             jwks,
             issuer,
             _dir: dir,
@@ -596,12 +600,11 @@ async fn the_fuzz_seed_corpus_gets_no_5xx_over_http_from_a_service_with_a_live_k
 
     let jwks = JwksServer::start(Mode::Serve(fixture_jwks())).await;
     let data = tempfile::tempdir().unwrap();
-    let config = config_with(&format!("sqlite://{}/t.db", data.path().display()), |raw| {
-        raw.supabase_url = Some(jwks.base.clone());
-        raw.supabase_jwt_secret = Some(FUZZ_SECRET.into());
+    let config = config_with(&format!("sqlite://{}/t.db", data.path().display()), |b| {
+        b.supabase_url(&jwks.base).jwt_secret(FUZZ_SECRET)
     });
     let app = TestApp::spawn(config).await;
-    let key_set = app.state.verifier.key_set().unwrap();
+    let key_set = app.state.verifier().key_set().unwrap();
     assert!(
         key_set
             .wait_until_ready(std::time::Duration::from_secs(30))
