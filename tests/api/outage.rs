@@ -33,11 +33,9 @@ async fn wait_for_status(app: &TestApp, token: &str, status: u16, limit: Duratio
 async fn seeded_private_pg() -> (PrivatePg, Uuid) {
     let pg = tokio::task::spawn_blocking(PrivatePg::start).await.unwrap();
     let url = pg.url();
-    supabase_jwt_service::run_migrations(
-        &supabase_jwt_service::config::DatabaseUrl::parse("DATABASE_URL", &url).unwrap(),
-    )
-    .await
-    .unwrap();
+    supabase_jwt_service::db::migrate(&pg_config(&url).db)
+        .await
+        .unwrap();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&url)
@@ -141,9 +139,9 @@ fn slowest(answers: &[(u16, Duration)]) -> Duration {
 async fn stopped_then_frozen_database_gives_fast_503s_and_the_service_recovers_by_itself() {
     let (mut pg, user) = seeded_private_pg().await;
     let pool_size = 4;
-    let app = TestApp::spawn(config_with(&pg.url(), |r| {
-        r.db_timeout_seconds = Some("2".into());
-        r.db_max_connections = Some(pool_size.to_string());
+    let app = TestApp::spawn(config_with(&pg.url(), |b| {
+        b.db_timeout(Duration::from_secs(2))
+            .db_max_connections(pool_size as u32)
     }))
     .await;
     let token = token_for(user);
@@ -239,9 +237,9 @@ async fn saturated_pool_fails_fast_with_503_and_healthz_stays_fast() {
     let user = Uuid::new_v4();
     db.seed_user(user, Some("Ada")).await;
     let pool_size = 2;
-    let app = TestApp::spawn(config_with(&db.url, |r| {
-        r.db_timeout_seconds = Some("2".into());
-        r.db_max_connections = Some(pool_size.to_string());
+    let app = TestApp::spawn(config_with(&db.url, |b| {
+        b.db_timeout(Duration::from_secs(2))
+            .db_max_connections(pool_size as u32)
     }))
     .await;
     let token = token_for(user);
@@ -337,10 +335,10 @@ fn fault_duration() -> Duration {
 }
 
 fn limits_config(url: &str) -> supabase_jwt_service::config::Config {
-    config_with(url, |r| {
-        r.db_rls = Some("on".into());
-        r.db_timeout_seconds = Some(LIMITS_TIMEOUT.as_secs().to_string());
-        r.db_max_connections = Some(LIMITS_POOL.to_string());
+    config_with(url, |b| {
+        b.rls(true)
+            .db_timeout(LIMITS_TIMEOUT)
+            .db_max_connections(LIMITS_POOL)
     })
 }
 
@@ -634,17 +632,24 @@ async fn a_frozen_server_never_collects_more_connections_than_the_pool() {
 async fn a_database_restart_costs_no_request() {
     let (pg, user) = seeded_private_pg().await;
     let config = limits_config(&pg.url());
-    let store = supabase_jwt_service::PgStore::connect_lazy(&config).unwrap();
+    let state = supabase_jwt_service::AppState::build(config).await.unwrap();
     // A warm pool: every slot holds an idle connection to the server about to restart.
-    let mut leases = Vec::new();
+    let mut open = Vec::new();
     for _ in 0..LIMITS_POOL {
-        leases.push(store.acquire().await.unwrap());
+        open.push(state.db().begin_as_service().await.unwrap());
     }
-    for lease in leases {
-        lease.release();
+    for tx in open {
+        tx.rollback().await.unwrap();
     }
-    assert_eq!(store.pool().num_idle(), LIMITS_POOL as usize);
-    let app = TestApp::spawn_over(config, store.clone()).await;
+    let idle: i64 = sqlx::query_scalar(
+        "select count(*) from pg_stat_activity where application_name = $1 and state = 'idle'",
+    )
+    .bind(APP_NAME)
+    .fetch_one(&app_pool(&pg).await)
+    .await
+    .unwrap();
+    assert_eq!(idle, i64::from(LIMITS_POOL));
+    let app = TestApp::spawn_state(state).await;
     let token = token_for(user);
 
     pg.stop();
@@ -699,17 +704,23 @@ async fn a_database_restart_costs_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_statement_is_cancelled_on_the_server() {
+    use supabase_jwt_service::Profile;
     let db = TestDb::new().await;
-    let store = supabase_jwt_service::PgStore::connect_lazy(&limits_config(&db.url)).unwrap();
-    let mut lease = store.acquire().await.unwrap();
-    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
-        .fetch_one(&mut *lease)
+    let config = limits_config(&db.url);
+    let store = supabase_jwt_service::Db::connect(&config.db).await.unwrap();
+    let claims = verified(&config, &token_for(Uuid::new_v4())).await;
+    let pid = pooled_backend_pid(&store).await;
+    // The built-in read (`GET /name`'s) meets a table another session has locked: its
+    // statement waits inside Postgres, as a slow one would.
+    let mut locker = db.pool.begin().await.unwrap();
+    sqlx::query("lock table public.users in access exclusive mode")
+        .execute(&mut *locker)
         .await
         .unwrap();
     // A caller that gives up mid-statement, well before any server-side timeout.
     let abandoned = tokio::time::timeout(
         Duration::from_millis(300),
-        sqlx::raw_sql("select pg_sleep(20)").execute(&mut *lease),
+        supabase_jwt_service::UserRow::load(&claims, &store),
     )
     .await;
     assert!(
@@ -717,7 +728,6 @@ async fn an_abandoned_statement_is_cancelled_on_the_server() {
         "the statement was meant to outlast the caller"
     );
     let dropped = Instant::now();
-    drop(lease);
     let mut state = String::new();
     for _ in 0..60 {
         state =
@@ -741,23 +751,28 @@ async fn an_abandoned_statement_is_cancelled_on_the_server() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
+    locker.commit().await.unwrap();
     eprintln!(
-        "cancel: the abandoned pg_sleep(20) ended {ended:?} after its lease was dropped \
+        "cancel: the abandoned read ended {ended:?} after its caller gave up \
          (backend now {state:?}); service backends {backends} (one pooled, one control)"
     );
     assert_eq!(state, "idle", "{ended:?} after the drop");
     assert!(ended < Duration::from_millis(1500), "{ended:?}");
     assert!(backends <= 2, "{backends} backends");
-    // Cancelled, drained, and back in the pool rather than closed.
-    let mut idle = 0;
-    for _ in 0..20 {
-        idle = store.pool().num_idle();
-        if idle == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(idle, 1, "the connection did not come back to the pool");
+    // Cancelled, drained, and back in the pool rather than closed: the next caller gets that
+    // very backend.
+    assert_eq!(pooled_backend_pid(&store).await, pid);
+}
+
+/// The backend of the connection the pool lends next, read in a transaction as the service.
+async fn pooled_backend_pid(store: &supabase_jwt_service::Db) -> i32 {
+    let mut tx = store.begin_as_service().await.unwrap();
+    let pid = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&mut tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    pid
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,30 +780,38 @@ async fn no_cancel_goes_through_a_pooler() {
     // PgBouncer in transaction mode on a port of its own, with a plain URL and prepared
     // statements forced on: the process id read at connect names a server connection that
     // PgBouncer lends to everyone, so a cancel sent to it could end a stranger's statement.
+    use supabase_jwt_service::Profile;
     let db = TestDb::new().await;
-    let config = config_with(&with_database(&pgbouncer_url(), &db.name), |r| {
-        r.db_rls = Some("off".into());
-        r.db_prepared_statements = Some("on".into());
-        r.db_timeout_seconds = Some("3".into());
+    let config = config_with(&with_database(&pgbouncer_url(), &db.name), |b| {
+        b.rls(false)
+            .prepared_statements(supabase_jwt_service::config::PreparedStatements::On)
+            .db_timeout(Duration::from_secs(3))
     });
-    let store = supabase_jwt_service::PgStore::connect_lazy(&config).unwrap();
-    let mut lease = store.acquire().await.unwrap();
+    let store = supabase_jwt_service::Db::connect(&config.db).await.unwrap();
+    let claims = verified(&config, &token_for(Uuid::new_v4())).await;
+    // The built-in read meets a locked table and waits inside Postgres.
+    let mut locker = db.pool.begin().await.unwrap();
+    sqlx::query("lock table public.users in access exclusive mode")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
     let abandoned = tokio::time::timeout(
         Duration::from_millis(300),
-        sqlx::raw_sql("select pg_sleep(2) /* sjs-pooler-cancel */").execute(&mut *lease),
+        supabase_jwt_service::UserRow::load(&claims, &store),
     )
     .await;
     assert!(abandoned.is_err());
-    drop(lease);
     // Past the pool's grace before it cancels (100 ms), the statement still runs.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let running: i64 = sqlx::query_scalar(
-        "select count(*) from pg_stat_activity where state = 'active' \
-         and query like '%sjs-pooler-cancel%' and pid <> pg_backend_pid()",
+        "select count(*) from pg_stat_activity where datname = current_database() \
+         and state = 'active' and wait_event_type = 'Lock' and query like '%public.users%' \
+         and pid <> pg_backend_pid()",
     )
     .fetch_one(&db.pool)
     .await
     .unwrap();
+    locker.commit().await.unwrap();
     eprintln!("pooler: abandoned statements still running 700 ms after the drop: {running}");
     assert_eq!(
         running, 1,
