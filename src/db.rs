@@ -177,7 +177,10 @@ impl Db {
                     None => Ok(Caller::service(pg.rules())),
                 };
                 match caller {
-                    Ok(caller) => pg.begin(&caller).await.map(OpenTx::Postgres),
+                    Ok(caller) => pg
+                        .begin(&caller)
+                        .await
+                        .map(|(lease, wipe)| OpenTx::Postgres { lease, wipe }),
                     Err(e) => Err(e),
                 }
             }

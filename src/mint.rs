@@ -144,11 +144,36 @@ impl AccessToken {
                 "minting signs with the HS256 secret; set it",
             )
         })?;
-        let claims = self.payload(&auth.audience, auth.issuer.as_deref());
+        self.sign_hs256(secret.expose(), &auth.audience, auth.issuer.as_deref())
+    }
+
+    /// Signs it with `secret` (a project's JWT secret, at least 32 bytes) for `audience` and
+    /// `issuer`, without a whole configuration: for a script that mints a token for curl.
+    ///
+    /// ```
+    /// use supabase_jwt_service::AccessToken;
+    ///
+    /// let token = AccessToken::for_user(uuid::Uuid::new_v4())
+    ///     .sign_hs256("a-project-jwt-secret-of-at-least-32-characters", "authenticated", None)?;
+    /// assert_eq!(token.split('.').count(), 3);
+    /// # Ok::<(), supabase_jwt_service::ConfigError>(())
+    /// ```
+    pub fn sign_hs256(
+        &self,
+        secret: &str,
+        audience: &str,
+        issuer: Option<&str>,
+    ) -> Result<String, ConfigError> {
+        if secret.len() < 32 {
+            return Err(ConfigError::new(
+                "SUPABASE_JWT_SECRET",
+                "is shorter than 32 bytes; use the project's JWT secret from the dashboard",
+            ));
+        }
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &claims,
-            &EncodingKey::from_secret(secret.expose().as_bytes()),
+            &self.payload(audience, issuer),
+            &EncodingKey::from_secret(secret.as_bytes()),
         )
         .map_err(|e| ConfigError::new("SUPABASE_JWT_SECRET", format!("cannot sign: {e}")))
     }

@@ -92,6 +92,13 @@ impl AppState {
             #[cfg(feature = "sqlite")]
             Store::Sqlite(_) => {}
         }
+        // The process-wide recorder goes in before anything is counted: the key set's first
+        // fetch starts with the verifier, and a fetch that finished before `serve` installed
+        // the recorder would be counted nowhere.
+        #[cfg(feature = "prometheus")]
+        if config.telemetry.metrics_addr.is_some() {
+            crate::telemetry::metrics::install().map_err(|_| StartError::Metrics)?;
+        }
         let verifier = Arc::new(Verifier::from_config(&config.auth)?);
         Ok(Self::from_parts(config, verifier, db))
     }

@@ -54,7 +54,8 @@ impl fmt::Display for UserId {
 pub struct Claims {
     /// The user's id (`sub`).
     pub sub: UserId,
-    /// Always `authenticated` once verified.
+    /// The token's `role`: `authenticated` for a signed-in user, or another of
+    /// `JWT_ALLOWED_ROLES` (a Custom Access Token Hook's).
     pub role: String,
     /// `email`, when present.
     pub email: Option<String>,

@@ -39,7 +39,7 @@ pub enum DbError {
         /// The app's store.
         actual: &'static str,
     },
-    /// A migration could not be applied.
+    /// A migration could not be applied (or its database not reached).
     #[error("migration failed")]
     Migration(#[source] BoxError),
 }

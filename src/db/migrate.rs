@@ -82,17 +82,33 @@ pub async fn migrate_app(config: &DbConfig, migrator: &Migrator) -> Result<(), D
     }
 }
 
-/// Runs `migrator` over one connection of its own to `url`, closed when done.
+/// Runs `migrator` over one connection of its own to `url`, closed when done. A failure names
+/// the database by its masked URL (host, port, database; never the password), so an operator
+/// sees which one it tried.
 async fn run_postgres(url: &DatabaseUrl, migrator: &Migrator) -> Result<(), DbError> {
+    let failed = |what: String| DbError::Migration(what.into());
     let options = connect_options(url)?;
     let mut conn = tokio::time::timeout(CONNECT_LIMIT, sqlx::ConnectOptions::connect(&options))
         .await
-        .map_err(|_| DbError::unavailable(super::error::NoAnswer(CONNECT_LIMIT)))?
-        .map_err(DbError::unavailable)?;
-    let applied = migrator
-        .run_direct(None, &mut conn, false)
-        .await
-        .map_err(|e| DbError::Migration(Box::new(e)));
+        .map_err(|_| {
+            failed(format!(
+                "no answer from {} within {CONNECT_LIMIT:?}",
+                url.masked()
+            ))
+        })?
+        .map_err(|e| failed(format!("connect to {}: {e}", url.masked())))?;
+    // Idempotent migrations say "already exists, skipping" at NOTICE, which sqlx logs at INFO:
+    // on every start that reads as if something went wrong.
+    let quiet = sqlx::raw_sql("set client_min_messages = warning")
+        .execute(&mut conn)
+        .await;
+    let applied = match quiet {
+        Ok(_) => migrator
+            .run_direct(None, &mut conn, false)
+            .await
+            .map_err(|e| failed(format!("migrate {}: {e}", url.masked()))),
+        Err(e) => Err(failed(format!("migrate {}: {e}", url.masked()))),
+    };
     let _ = conn.close().await;
     applied
 }

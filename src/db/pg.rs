@@ -152,18 +152,25 @@ impl PgDb {
     /// succeeds, the connection is closed rather than reused, whatever happens. A first message
     /// that fails because the connection is dead (a restarted server) is retried once on a
     /// fresh one: nothing ran.
-    pub(crate) async fn begin(&self, caller: &Caller<'_>) -> Result<Lease, DbError> {
+    ///
+    /// The `bool` says whether the transaction's statements must be wiped when it ends: unless
+    /// sqlx's statement cache is on for this connection (a server that proved direct, or
+    /// `DB_PREPARED_STATEMENTS=on`), sqlx names every statement it prepares (`sqlx_s_N`) and
+    /// never closes it. Behind a transaction-mode pooler the server connection goes to other
+    /// clients after the commit, where a leftover `sqlx_s_1` collides with theirs; so the
+    /// statements go in the same message as the end, and, in case an earlier transaction could
+    /// not end that way, in the same message as the begin too.
+    pub(crate) async fn begin(&self, caller: &Caller<'_>) -> Result<(Lease, bool), DbError> {
         let deadline = Instant::now() + self.rules.timeout;
         bounded(self.rules.timeout, async {
             let mut retried = false;
             loop {
                 let mut lease = self.acquire().await?;
                 lease.enter_transaction();
-                // Unless sqlx's statement cache is on for this connection (a server that proved
-                // direct, or `DB_PREPARED_STATEMENTS=on`), wipe what earlier transactions named;
-                // the store's own prepared read goes with it and is prepared again later.
                 let wipe = self.prepared != PreparedStatements::On && !lease.has_statement_cache();
                 if wipe {
+                    // The store's own prepared read goes with the rest; the connection's next
+                    // read prepares it again.
                     lease.set_prepared_read(None);
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -174,9 +181,9 @@ impl PgDb {
                 {
                     Ok(rows) => {
                         if caller.session_is_active(rows.first())? {
-                            return Ok(lease);
+                            return Ok((lease, wipe));
                         }
-                        end(&mut lease, "rollback").await?;
+                        end(&mut lease, "rollback", false).await?;
                         lease.release();
                         return Err(DbError::SessionEnded);
                     }
@@ -348,14 +355,30 @@ impl PgDb {
     }
 }
 
-/// Ends the transaction on `lease` with `statement` (`commit` or `rollback`); the lease may go
+/// Ends the transaction on `lease` with `statement` (`commit` or `rollback`), dropping every
+/// prepared statement in the same message when `wipe` (see [`PgDb::begin`]); the lease may go
 /// back to the pool afterwards.
-pub(crate) async fn end(lease: &mut Lease, statement: &'static str) -> Result<(), DbError> {
-    sqlx::raw_sql(statement)
+pub(crate) async fn end(
+    lease: &mut Lease,
+    statement: &'static str,
+    wipe: bool,
+) -> Result<(), DbError> {
+    // After the end, in the same message: the end then behaves exactly as alone (a commit of
+    // a failed transaction is a rollback, not an error), and a pooler hands the server to
+    // another client only once the whole message has been answered.
+    let sql = match (wipe, statement) {
+        (true, "commit") => "commit; deallocate all",
+        (true, _) => "rollback; deallocate all",
+        (false, statement) => statement,
+    };
+    sqlx::raw_sql(sql)
         .execute(&mut **lease)
         .await
         .map_err(DbError::unavailable)?;
     lease.transaction_ended();
+    if wipe {
+        lease.set_prepared_read(None);
+    }
     Ok(())
 }
 

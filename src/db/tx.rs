@@ -41,8 +41,9 @@ impl Backend for sqlx::Sqlite {
 #[derive(Debug)]
 pub(crate) enum OpenTx {
     /// A lease marked in-transaction: released only after a successful COMMIT or ROLLBACK,
-    /// closed in every other case.
-    Postgres(Lease),
+    /// closed in every other case; with `wipe`, its statements are dropped in the same message
+    /// as the end (see `PgDb::begin`).
+    Postgres { lease: Lease, wipe: bool },
     /// A sqlx transaction, rolled back by sqlx when dropped.
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
@@ -53,7 +54,7 @@ impl OpenTx {
     /// as the other's: the crate never builds one, the error keeps it from being a panic).
     pub(crate) fn pg(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
         match self {
-            Self::Postgres(lease) => Ok(lease),
+            Self::Postgres { lease, .. } => Ok(lease),
             #[cfg(feature = "sqlite")]
             Self::Sqlite(_) => Err(wrong_store("postgres", "sqlite")),
         }
@@ -64,7 +65,7 @@ impl OpenTx {
     pub(crate) fn sqlite(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
         match self {
             Self::Sqlite(tx) => Ok(tx),
-            Self::Postgres(_) => Err(wrong_store("sqlite", "postgres")),
+            Self::Postgres { .. } => Err(wrong_store("sqlite", "postgres")),
         }
     }
 
@@ -75,9 +76,9 @@ impl OpenTx {
         let started = Instant::now();
         let statement = if commit { "commit" } else { "rollback" };
         let result = match self {
-            Self::Postgres(mut lease) => {
+            Self::Postgres { mut lease, wipe } => {
                 bounded(timeout, async move {
-                    pg::end(&mut lease, statement).await?;
+                    pg::end(&mut lease, statement, wipe).await?;
                     lease.release();
                     Ok(())
                 })

@@ -137,14 +137,36 @@ where
             .await
         {
             Ok(axum::extract::Path(value)) => Ok(Self(value)),
-            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::not_found(
-                format!("no such resource: {}", e.body_text()),
-            )),
+            Err(PathRejection::FailedToDeserializePathParams(e)) => {
+                Err(ApiError::not_found(path_detail(e.kind())))
+            }
             Err(e) => {
                 tracing::error!(error = %e, "Path used on a route without those parameters");
                 Err(ApiError::Internal)
             }
         }
+    }
+}
+
+/// What a path that does not parse names: the parameter and the type it should have been,
+/// short (`no such resource: \`id\` must be a Uuid`), without axum's whole sentence.
+fn path_detail(kind: &axum::extract::path::ErrorKind) -> String {
+    use axum::extract::path::ErrorKind;
+    let short = |ty: &str| ty.rsplit("::").next().unwrap_or(ty).to_owned();
+    match kind {
+        ErrorKind::ParseErrorAtKey {
+            key, expected_type, ..
+        } => format!(
+            "no such resource: `{key}` must be a {}",
+            short(expected_type)
+        ),
+        ErrorKind::ParseError { expected_type, .. } => {
+            format!(
+                "no such resource: the path must hold a {}",
+                short(expected_type)
+            )
+        }
+        _ => "no such resource: the path does not parse".to_owned(),
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod bans;
 mod cache_headers;
+mod caller_identity;
 mod chat;
 mod cli;
 mod deploy_files;
