@@ -9,6 +9,9 @@
 #
 # `--build-arg APP=chat` builds the AI chat example (examples/chat, docs/chat.md) instead;
 # it installs under the same name, so the entrypoint and fly.toml's `migrate` work unchanged.
+#
+# scripts/image-test (part of scripts/test) builds this file for real, for both APP values, on
+# local stand-ins for the two bases below, and runs each image: keep their names in step.
 
 ARG RUST_VERSION=1.95
 
@@ -16,21 +19,17 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 ARG APP=supabase-jwt-service
 WORKDIR /src
 
-# Cargo reads every target the manifest declares (the API tests, the benches) before it does
-# anything, so their sources come along; only the binary is built. README.md is the library's
-# documentation (include_str!). The registry and the compiled dependencies live in cache
-# mounts that outlive the layer, so a source change recompiles only this crate.
+# The build context, whole: Cargo reads every target the manifest declares (examples, tests,
+# benches) before it builds anything, and the sources include files from beside them
+# (README.md, docs/library.md, the migrations, the examples' SQL), so copying a hand-picked
+# list broke the build each time a target or an included file was added. .dockerignore keeps
+# out what must never go in (secrets, local databases, build outputs, .git); only the binary
+# reaches the image. The registry and the compiled dependencies live in cache mounts that
+# outlive the layer, so a source change recompiles only this crate.
 # The release profile keeps line tables (for backtraces while developing); they are most of
 # the binary's size, so they stay in this stage as /out/supabase-jwt-service.debug and the
 # image gets the binary without them (objcopy --strip-all; the debug link lets gdb find them).
-COPY Cargo.toml Cargo.lock README.md build.rs ./
-# The library's guide module includes it, as it includes the README.
-COPY docs/library.md ./docs/library.md
-COPY migrations ./migrations
-COPY src ./src
-COPY benches ./benches
-COPY tests ./tests
-COPY examples/chat ./examples/chat
+COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     if [ "$APP" = chat ]; then \
