@@ -11,7 +11,21 @@ use super::{Conn, Shared};
 impl Shared {
     /// A new connection with its set-up done. A set-up that fails closes the connection
     /// properly, so its backend ends rather than waits.
+    ///
+    /// The connection that first proves the server direct was opened without sqlx's statement
+    /// cache (nothing was known yet), and sqlx cannot turn the cache on afterwards: it is
+    /// closed and opened again with the cache, once per pool, rather than serving without it
+    /// for its whole lifetime (a sequence of requests that all draw it would never cache).
     pub(super) async fn connect(&self) -> Result<Conn, sqlx::Error> {
+        let conn = self.connect_once().await?;
+        if conn.pid.is_some() && !conn.statement_cache && self.direct_options.is_some() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn.conn.close()).await;
+            return self.connect_once().await;
+        }
+        Ok(conn)
+    }
+
+    async fn connect_once(&self) -> Result<Conn, sqlx::Error> {
         let cached = match &self.direct_options {
             Some(direct) if self.proved_direct.load(Ordering::Relaxed) => Some(direct),
             _ => None,
