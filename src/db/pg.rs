@@ -308,8 +308,13 @@ impl PgDb {
             // unknown is never executed nor prepared again.
             lease.set_prepared_read(Some(tag));
         }
-        let settings = rows.next();
-        Ok((settings, rows.next()))
+        // With the session checked, its state is the first row; the select's follows.
+        let session = if caller.checks_session() {
+            rows.next()
+        } else {
+            None
+        };
+        Ok((session, rows.next()))
     }
 
     /// Switches every later read to the inline form, and says so once.

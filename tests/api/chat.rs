@@ -971,8 +971,11 @@ async fn bad_requests_get_the_services_json_errors() {
     );
 }
 
+/// `--build-arg APP=chat` builds this example into the image under the service's name (so the
+/// entrypoint and fly.toml's `migrate` work unchanged). That the image builds and runs, its
+/// context carrying the example, is proved by building it: scripts/image-test.
 #[test]
-fn the_dockerfile_builds_the_chat_example_when_asked_and_the_context_carries_it() {
+fn the_dockerfile_builds_the_chat_example_when_asked() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
     let build_stage = dockerfile.split("\nFROM ").nth(1).expect("a build stage");
@@ -980,24 +983,9 @@ fn the_dockerfile_builds_the_chat_example_when_asked_and_the_context_carries_it(
         build_stage.contains("ARG APP="),
         "the build stage declares APP"
     );
-    assert!(build_stage.contains("COPY examples/chat ./examples/chat"));
     assert!(build_stage.contains("cargo build --release --locked --example chat"));
     assert!(
         build_stage.contains("install -D target/release/examples/chat /out/supabase-jwt-service")
-    );
-    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
-    let lines: Vec<&str> = ignore.lines().map(str::trim).collect();
-    let excluded = lines
-        .iter()
-        .position(|l| *l == "examples/")
-        .expect("examples/ ignored");
-    let included = lines
-        .iter()
-        .position(|l| *l == "!examples/chat/")
-        .expect("chat re-included");
-    assert!(
-        included > excluded,
-        "a re-include only works after the exclusion"
     );
 }
 

@@ -698,7 +698,7 @@ async fn pooler_a_direct_server_caches_statements_from_its_first_connection_on()
     let statements = service_statements(&pg);
     let begin = statements[before..]
         .iter()
-        .find(|(_, text)| text.contains("set_config('request.jwt.claims', '', true)"))
+        .find(|(_, text)| text.contains("set local request.jwt.claims = ''"))
         .expect("the service's transaction");
     assert!(!begin.1.contains("deallocate all"), "{}", begin.1);
     assert!(!logs.text().contains(POOLER_DETECTED));

@@ -53,8 +53,8 @@ fn statement_name(read: &CallerRead, tag: u64) -> String {
 }
 
 /// The read as one message: the caller's settings (with the statement and lock bounds of
-/// `left`, unless the session has them), then the select in `form`. The first row it answers is
-/// the settings' (with `session_active` when sessions are checked), the rest the select's.
+/// `left`, unless the session has them), then the select in `form`. When sessions are checked
+/// the first row it answers is the session's state, the rest the select's.
 ///
 /// A prepared statement is planned again when the role that runs it changes the table's
 /// row-level security (plancache.c, `dependsOnRLS`), so the policies apply whichever role
@@ -67,7 +67,6 @@ pub(crate) fn message(
 ) -> String {
     let mut sql = String::with_capacity(384);
     caller.push_settings(&mut sql, left);
-    sql.push_str("; ");
     let sub = caller.sub().hyphenated().to_string();
     match form {
         ReadForm::Inline => sql.push_str(&(read.select)(&format!("'{sub}'::uuid"))),
@@ -126,7 +125,7 @@ mod tests {
         let caller = Caller::new(&claims, rules).unwrap();
         let sql = message(&caller, &PROFILE, None, ReadForm::Inline);
         assert!(
-            sql.starts_with("select set_config('role', E'support', true), "),
+            sql.starts_with(r#"set local role "support"; set local request.jwt.claims = "#),
             "{sql}"
         );
         assert!(
@@ -142,7 +141,7 @@ mod tests {
             Some(Duration::from_secs(3)),
             ReadForm::Inline,
         );
-        assert!(bounded.contains("set_config('statement_timeout', '2700', true)"));
+        assert!(bounded.contains("set local statement_timeout = 2700;"));
     }
 
     #[test]
@@ -161,13 +160,14 @@ mod tests {
         let name = statement_name(&PROFILE, 0xab);
         assert_eq!(name, "sjs_00000000000000ab_profile");
         assert!(name.len() < 64, "Postgres truncates names at 63 bytes");
-        let settings = inline.split_once("; ").unwrap().0;
+        let (settings, _) = inline.rsplit_once("; ").unwrap();
+        let settings = format!("{settings}; ");
         let expected = inline.replace(&format!("'{sub}'::uuid"), "$1");
-        let select = expected.split_once("; ").unwrap().1;
+        let select = expected.rsplit_once("; ").unwrap().1;
         assert_eq!(
             first,
-            format!("{settings}; prepare {name}(uuid) as {select}; execute {name}('{sub}')")
+            format!("{settings}prepare {name}(uuid) as {select}; execute {name}('{sub}')")
         );
-        assert_eq!(next, format!("{settings}; execute {name}('{sub}')"));
+        assert_eq!(next, format!("{settings}execute {name}('{sub}')"));
     }
 }
