@@ -3,7 +3,7 @@
 # After `services_start`: PG_PORT, BOUNCER_PORT, PG_BIN, SVC_WORK, TEST_DATABASE_URL,
 # TEST_PGBOUNCER_URL, TEST_PGBOUNCER_BIN, TEST_PG_BIN_DIR, TEST_PG_RUN_AS are set. `services_stop` is idempotent.
 
-svc_log() { printf '\n== %s\n' "$*" >&2; }
+svc_log() { printf '\n== [%ss] %s\n' "$SECONDS" "$*" >&2; }
 
 as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 

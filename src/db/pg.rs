@@ -183,7 +183,10 @@ impl PgDb {
                         if caller.session_is_active(rows.first())? {
                             return Ok((lease, wipe));
                         }
-                        end(&mut lease, "rollback", false).await?;
+                        lease
+                            .end("rollback", false)
+                            .await
+                            .map_err(DbError::unavailable)?;
                         lease.release();
                         return Err(DbError::SessionEnded);
                     }
@@ -358,33 +361,6 @@ impl PgDb {
         })
         .await
     }
-}
-
-/// Ends the transaction on `lease` with `statement` (`commit` or `rollback`), dropping every
-/// prepared statement in the same message when `wipe` (see [`PgDb::begin`]); the lease may go
-/// back to the pool afterwards.
-pub(crate) async fn end(
-    lease: &mut Lease,
-    statement: &'static str,
-    wipe: bool,
-) -> Result<(), DbError> {
-    // After the end, in the same message: the end then behaves exactly as alone (a commit of
-    // a failed transaction is a rollback, not an error), and a pooler hands the server to
-    // another client only once the whole message has been answered.
-    let sql = match (wipe, statement) {
-        (true, "commit") => "commit; deallocate all",
-        (true, _) => "rollback; deallocate all",
-        (false, statement) => statement,
-    };
-    sqlx::raw_sql(sql)
-        .execute(&mut **lease)
-        .await
-        .map_err(DbError::unavailable)?;
-    lease.transaction_ended();
-    if wipe {
-        lease.set_prepared_read(None);
-    }
-    Ok(())
 }
 
 /// Whether `e` says the connection or its server is gone (I/O, a closed socket, an

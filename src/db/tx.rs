@@ -10,7 +10,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 
 use super::error::{DbError, bounded};
-use super::pg::{self, Lease};
+use super::pg::Lease;
 use crate::telemetry::server_timing;
 
 /// A database a caller's transaction can run on: [`sqlx::Postgres`] (row-level security, the
@@ -78,7 +78,10 @@ impl OpenTx {
         let result = match self {
             Self::Postgres { mut lease, wipe } => {
                 bounded(timeout, async move {
-                    pg::end(&mut lease, statement, wipe).await?;
+                    lease
+                        .end(statement, wipe)
+                        .await
+                        .map_err(DbError::unavailable)?;
                     lease.release();
                     Ok(())
                 })

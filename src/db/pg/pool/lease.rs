@@ -162,6 +162,30 @@ impl Lease {
         self.in_transaction = false;
     }
 
+    /// Ends the transaction on this connection with `statement` (`commit` or `rollback`),
+    /// dropping every prepared statement in the same message when `wipe` (a connection without
+    /// sqlx's statement cache, see `PgDb::begin`). The lease may then go back to the pool.
+    pub(crate) async fn end(
+        &mut self,
+        statement: &'static str,
+        wipe: bool,
+    ) -> Result<(), sqlx::Error> {
+        // After the end, in the same message: the end then behaves exactly as alone (a commit
+        // of a failed transaction is a rollback, not an error), and a pooler hands the server
+        // to another client only once the whole message has been answered.
+        let sql = match (wipe, statement) {
+            (true, "commit") => "commit; deallocate all",
+            (true, _) => "rollback; deallocate all",
+            (false, statement) => statement,
+        };
+        sqlx::raw_sql(sql).execute(&mut **self).await?;
+        self.transaction_ended();
+        if wipe {
+            self.set_prepared_read(None);
+        }
+        Ok(())
+    }
+
     /// Gives the connection back for reuse, for work that completed without error. A
     /// connection that may still be inside a transaction (one sqlx counts as open, or one
     /// entered with [`enter_transaction`](Self::enter_transaction) and not ended) is closed
